@@ -1,0 +1,84 @@
+"""The named architectures (``supermask.models``). Torch-free; the torch module built
+from a description lives in :mod:`supermask.models.torch_module`.
+
+lenet-300-100 is the fully connected 784-300-100-10 network of LeCun et al. 1998 as used by
+Frankle & Carbin 2019 and Zhou et al. 2019; conv2/conv4/conv6 are the VGG-like networks of
+Frankle & Carbin 2019: pairs of 3x3 same-padded convolutions (64-64, 128-128, 256-256), each
+pair followed by 2x2 max-pooling, then fully connected 256-256-classes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from ..arch import Architecture, Layer, Preprocess
+
+
+def _linear(name: str, n_in: int, n_out: int) -> Layer:
+    return Layer("linear", name, {"in": n_in, "out": n_out, "bias": True})
+
+
+def _conv(name: str, c_in: int, c_out: int) -> Layer:
+    return Layer("conv2d", name, {"in": c_in, "out": c_out, "kernel": 3, "padding": 1, "stride": 1, "bias": True})
+
+
+def _relu() -> Layer:
+    return Layer("relu")
+
+
+def _mlp(dims: Sequence[int], prefix: str = "fc") -> list[Layer]:
+    layers: list[Layer] = []
+    for i in range(len(dims) - 1):
+        layers.append(_linear(f"{prefix}{i + 1}", dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            layers.append(_relu())
+    return layers
+
+
+def lenet_300_100(input_shape: Sequence[int], num_classes: int) -> list[Layer]:
+    n_in = 1
+    for v in input_shape:
+        n_in *= v
+    return [Layer("flatten")] + _mlp([n_in, 300, 100, num_classes])
+
+
+def _convnet(pairs: Sequence[int]):
+    def build(input_shape: Sequence[int], num_classes: int) -> list[Layer]:
+        c, h, w = input_shape
+        layers: list[Layer] = []
+        i = 0
+        for width in pairs:
+            for _ in range(2):
+                i += 1
+                layers += [_conv(f"conv{i}", c, width), _relu()]
+                c = width
+            layers.append(Layer("maxpool2d", None, {"kernel": 2, "stride": 2}))
+            h, w = h // 2, w // 2
+        return layers + [Layer("flatten")] + _mlp([c * h * w, 256, 256, num_classes])
+
+    return build
+
+
+REGISTRY: dict[str, Callable[[Sequence[int], int], list[Layer]]] = {}
+
+
+def register(name: str, builder: Callable[[Sequence[int], int], list[Layer]]) -> None:
+    if name in REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    REGISTRY[name] = builder
+
+
+register("lenet-300-100", lenet_300_100)
+register("conv2", _convnet([64]))
+register("conv4", _convnet([64, 128]))
+register("conv6", _convnet([64, 128, 256]))
+
+
+def build(name: str, input_shape: Sequence[int], classes: Sequence[str],
+          preprocess: Preprocess | None = None) -> Architecture:
+    """The description of model ``name`` for inputs of ``input_shape`` (C, H, W)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
+    layers = REGISTRY[name](tuple(input_shape), len(classes))
+    return Architecture(name, tuple(input_shape), tuple(layers), tuple(classes),
+                        preprocess or Preprocess(1.0 / 255.0, (0.0,) * input_shape[0], (1.0,) * input_shape[0]))

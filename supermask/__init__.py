@@ -1,0 +1,27 @@
+"""supermask: store a network as (architecture, seed, init spec, packed mask) and run it.
+
+This package and everything it imports at top level are torch-free. Library API::
+
+    from supermask import write_ticket, read_ticket
+    ticket = read_ticket("model.smask")
+    weights = ticket.weights()          # name -> float32 numpy array, masks applied
+"""
+
+__version__ = "0.1.0"
+
+from .arch import Architecture, Layer, Preprocess  # noqa: E402
+from .errors import (  # noqa: E402
+    ChecksumError,
+    SupermaskError,
+    TicketFormatError,
+    UnsupportedVersionError,
+    VerificationError,
+)
+from .rng import InitSpec  # noqa: E402
+from .ticket import Ticket, decode_ticket, encode_ticket, read_ticket, write_ticket  # noqa: E402
+
+__all__ = [
+    "Architecture", "Layer", "Preprocess", "InitSpec", "Ticket",
+    "encode_ticket", "decode_ticket", "read_ticket", "write_ticket",
+    "SupermaskError", "TicketFormatError", "ChecksumError", "UnsupportedVersionError", "VerificationError",
+]

@@ -1,0 +1,95 @@
+"""The ``supermask`` command line. A thin shell: click parses and validates, then one library
+function does the work. Heavy imports (torch, onnxruntime) happen inside the commands.
+
+Every :class:`~supermask.errors.SupermaskError` becomes a one-line ``Error: ...`` message and
+exit status 1; usage errors exit with status 2 (click's convention).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import __version__
+from .errors import SupermaskError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SupermaskError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="supermask")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """Compress networks into supermask tickets (seed + init spec + packed mask) and run them.
+
+    \b
+    Typical use:
+      supermask find --model lenet-300-100 --dataset fashion-mnist --out runs/fm
+      supermask pack model.smask --run runs/fm --keep 0.1
+      supermask inspect model.smask
+    """
+    import logging
+
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _human_bytes(n: int) -> str:
+    return f"{n:,} B" if n < 10_000 else f"{n / 1024:,.1f} KiB" if n < 10 << 20 else f"{n / (1 << 20):,.1f} MiB"
+
+
+def format_summary(path: str, s: dict) -> str:
+    """Human-readable text of a ticket summary (see :meth:`Ticket.summary`)."""
+    shape = "x".join(map(str, s["input_shape"]))
+    init = s["init"]
+    lines = [
+        f"ticket      {path}  ({s['file_bytes']:,} bytes, sha256 {s['sha256'][:16]})",
+        f"model       {s['architecture']}  input {shape}  {s['num_classes']} classes",
+        f"seed        {s['seed']}  generator {s['generator']['name']} v{s['generator']['version']}"
+        f"  init {init['scheme']} (gain^2 {init['gain_sq']:g})",
+        f"criterion   {s['criterion'] or '-'}  keep {s['keep'] if s['keep'] is not None else '-'}",
+        f"weights     {s['num_kept']:,} kept of {s['num_weights']:,} ({100 * (s['density'] or 0):.2f} %)"
+        f"  {s['bits_per_weight']:.3f} bits/weight (whole file)",
+        f"vs float32  {_human_bytes(s['dense_float32_bytes'])} dense -> {_human_bytes(s['file_bytes'])} ticket"
+        f"  ({s['compression_ratio']:.1f}x smaller)",
+    ]
+    for k, v in s["metadata"].items():
+        lines.append(f"{k:<11} {v}")
+    rows = [("tensor", "shape", "role", "codec", "kept", "density", "bytes", "bits/w")]
+    for t in s["tensors"]:
+        rows.append((
+            t["name"], "x".join(map(str, t["shape"])), t["role"], t["codec"] or "-",
+            f"{t['num_kept']:,}", "-" if t["density"] is None else f"{100 * t['density']:.2f}%",
+            f"{t['payload_bytes']:,}", "-" if t["bits_per_weight"] is None else f"{t['bits_per_weight']:.3f}",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines.append("")
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("ticket", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--verify/--no-verify", default=False,
+              help="Also regenerate every tensor from the seed and check it against the ticket's fingerprints.")
+def inspect(ticket: str, as_json: bool, verify: bool) -> None:
+    """Summarise a ticket: model, seed, init, sizes and per-tensor densities."""
+    from .ticket import read_ticket
+
+    t = read_ticket(ticket)
+    if verify:
+        t.weights(verify=True)
+    s = t.summary()
+    s["verified"] = verify
+    click.echo(json.dumps(s, indent=2) if as_json else format_summary(ticket, s)
+               + ("\nverified    all regenerated tensors match their fingerprints" if verify else ""))

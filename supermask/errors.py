@@ -1,0 +1,40 @@
+"""Typed errors raised by supermask. Torch-free.
+
+Every error a user can cause (a bad file, a bad option, missing data) is a subclass of
+:class:`SupermaskError`, and its message says what was wrong and what to do. The CLI
+prints the message and exits with status 1 instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+
+class SupermaskError(Exception):
+    """Base class for every error supermask raises on purpose."""
+
+
+class TicketFormatError(SupermaskError):
+    """The file is not a valid ticket: bad magic, bad header, wrong sizes, bad payload."""
+
+
+class ChecksumError(TicketFormatError):
+    """The ticket's SHA-256 does not match its contents (the file was changed or damaged)."""
+
+
+class UnsupportedVersionError(TicketFormatError):
+    """The ticket was written by a newer format or generator version than this reader knows."""
+
+
+class ArchitectureError(SupermaskError):
+    """An architecture description is malformed or inconsistent."""
+
+
+class InitSpecError(SupermaskError):
+    """An init specification is unknown or inconsistent."""
+
+
+class CodecError(SupermaskError):
+    """A mask could not be encoded or decoded."""
+
+
+class VerificationError(SupermaskError):
+    """Regenerated weights do not match the fingerprint stored in the ticket."""

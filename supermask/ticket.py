@@ -1,0 +1,509 @@
+"""The ``.smask`` ticket: (architecture, seed, init spec, packed masks) in one small file.
+Torch-free.
+
+Layout (version 1; the normative text is ``docs/format.md``)::
+
+    offset  size  field
+    0       8     magic  89 53 4D 41 53 4B 0D 0A  ("\\x89SMASK\\r\\n")
+    8       2     format version, uint16 little-endian (1)
+    10      2     reserved, zero
+    12      4     header length H, uint32 little-endian (1 <= H <= 4 MiB)
+    16      H     header: UTF-8 JSON object
+    16+H    P     mask payloads, one per masked tensor, in header order, back to back
+    end-32  32    SHA-256 of every byte before it
+
+A ticket is untrusted input: :func:`decode_ticket` checks sizes, the checksum, every header
+field and every payload length before it allocates anything, and only raises
+:class:`~supermask.errors.TicketFormatError` (or a subclass) on bad input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from . import codecs, rng
+from .arch import Architecture, Param
+from .atomic import atomic_write
+from .errors import (
+    ArchitectureError,
+    ChecksumError,
+    CodecError,
+    InitSpecError,
+    SupermaskError,
+    TicketFormatError,
+    UnsupportedVersionError,
+)
+
+MAGIC = b"\x89SMASK\r\n"
+FORMAT_VERSION = 1
+SUFFIX = ".smask"
+_PREFIX = struct.Struct("<8sHHI")
+_DIGEST = 32
+MAX_HEADER_BYTES = 4 << 20
+MAX_FILE_BYTES = 1 << 34
+DEFAULT_MAX_WEIGHTS = 1 << 30
+ROLES = ("masked", "regenerated", "zero")
+_TOP_KEYS = {"architecture", "seed", "generator", "init", "criterion", "keep", "tensors", "metadata"}
+_TENSOR_KEYS = {"name", "shape", "role", "init", "fingerprint", "codec", "offset", "length", "num_kept"}
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One row of the ticket's tensor table."""
+
+    name: str
+    shape: tuple[int, ...]
+    role: str
+    distribution: str | None = None
+    scale: float | None = None
+    fingerprint: dict | None = None
+    codec: str | None = None
+    offset: int = 0
+    length: int = 0
+    num_kept: int | None = None
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def to_dict(self) -> dict:
+        d: dict = {"name": self.name, "shape": list(self.shape), "role": self.role}
+        if self.role != "zero":
+            d["init"] = {"distribution": self.distribution, "scale": float(self.scale).hex()}
+            d["fingerprint"] = self.fingerprint
+        if self.role == "masked":
+            d.update(codec=self.codec, offset=self.offset, length=self.length, num_kept=self.num_kept)
+        return d
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A parsed ticket. ``masks`` maps each masked tensor's name to a bool array of its shape."""
+
+    architecture: Architecture
+    seed: int
+    init: rng.InitSpec
+    masks: Mapping[str, np.ndarray]
+    tensors: tuple[TensorEntry, ...]
+    criterion: str | None = None
+    keep: float | None = None
+    metadata: Mapping = field(default_factory=dict)
+    file_bytes: int = 0
+    sha256: str = ""
+
+    def tensor(self, name: str) -> TensorEntry:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def init_weights(self, name: str) -> np.ndarray:
+        """The unmasked initial weights of tensor ``name``, regenerated from the seed."""
+        t = self.tensor(name)
+        if t.role == "zero":
+            return np.zeros(t.shape, dtype=np.float32)
+        return rng.generate(self.seed, t.name, t.shape, t.distribution, t.scale)
+
+    def weights(self, verify: bool = True) -> dict[str, np.ndarray]:
+        """Every parameter as float32: masked init weights, regenerated weights, zero biases.
+
+        With ``verify`` (the default) each regenerated tensor is checked against the
+        fingerprint in the ticket; a mismatch raises :class:`VerificationError`.
+        """
+        out: dict[str, np.ndarray] = {}
+        for t in self.tensors:
+            w = self.init_weights(t.name)
+            if verify and t.role != "zero":
+                rng.verify(w, t.distribution, t.fingerprint, t.name)
+            if t.role == "masked":
+                w[~self.masks[t.name]] = 0.0
+            out[t.name] = w
+        return out
+
+    @property
+    def num_weights(self) -> int:
+        return sum(t.size for t in self.tensors if t.role != "zero")
+
+    @property
+    def num_kept(self) -> int:
+        return sum(t.num_kept if t.role == "masked" else t.size for t in self.tensors if t.role != "zero")
+
+    def summary(self) -> dict:
+        """Machine-readable summary (what ``supermask inspect --json`` prints)."""
+        dense_bytes = 4 * sum(t.size for t in self.tensors)
+        rows = []
+        for t in self.tensors:
+            kept = t.num_kept if t.role == "masked" else (0 if t.role == "zero" else t.size)
+            rows.append({
+                "name": t.name,
+                "shape": list(t.shape),
+                "role": t.role,
+                "distribution": t.distribution,
+                "num_weights": t.size,
+                "num_kept": kept,
+                "density": (kept / t.size) if t.size and t.role != "zero" else None,
+                "codec": t.codec,
+                "payload_bytes": t.length,
+                "bits_per_weight": (8 * t.length / t.size) if t.size and t.role == "masked" else None,
+            })
+        n = self.num_weights
+        return {
+            "architecture": self.architecture.name,
+            "input_shape": list(self.architecture.input_shape),
+            "num_classes": self.architecture.num_classes,
+            "seed": self.seed,
+            "generator": {"name": rng.GENERATOR_NAME, "version": rng.GENERATOR_VERSION},
+            "init": self.init.to_dict(),
+            "criterion": self.criterion,
+            "keep": self.keep,
+            "file_bytes": self.file_bytes,
+            "sha256": self.sha256,
+            "num_weights": n,
+            "num_kept": self.num_kept,
+            "density": self.num_kept / n if n else None,
+            "bits_per_weight": 8 * self.file_bytes / n if n else None,
+            "dense_float32_bytes": dense_bytes,
+            "compression_ratio": dense_bytes / self.file_bytes if self.file_bytes else None,
+            "metadata": dict(self.metadata),
+            "tensors": rows,
+        }
+
+
+# ------------------------------------------------------------------------------- writing
+
+
+def _check_metadata(meta: object) -> dict:
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict) or len(meta) > 64:
+        raise TicketFormatError("metadata must be an object with at most 64 entries")
+    for k, v in meta.items():
+        if not isinstance(k, str) or len(k) > 64:
+            raise TicketFormatError("metadata keys must be strings of at most 64 characters")
+        ok = v is None or isinstance(v, (str, bool, int)) or (isinstance(v, float) and math.isfinite(v))
+        if not ok or (isinstance(v, str) and len(v) > 1024):
+            raise TicketFormatError(f"metadata value for {k!r} must be a short string, a number, a bool or null")
+    return dict(meta)
+
+
+def _check_keep(keep: object) -> float | None:
+    if keep is None:
+        return None
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
+        raise TicketFormatError(f"keep must be a fraction in (0, 1], got {keep!r:.40}")
+    return float(keep)
+
+
+def _check_criterion(c: object) -> str | None:
+    if c is None:
+        return None
+    if not isinstance(c, str) or not 0 < len(c) <= 64:
+        raise TicketFormatError("criterion must be a string of 1 to 64 characters")
+    return c
+
+
+def encode_ticket(
+    architecture: Architecture,
+    seed: int,
+    init: rng.InitSpec,
+    masks: Mapping[str, np.ndarray],
+    *,
+    codec: str = "auto",
+    criterion: str | None = None,
+    keep: float | None = None,
+    metadata: Mapping | None = None,
+) -> bytes:
+    """The bytes of a ticket. Weight tensors without a mask are stored as ``regenerated``
+    (kept whole); biases are ``zero``. Masks are matched to tensors by name."""
+    params = architecture.params()
+    unknown = set(masks) - {p.name for p in params if p.kind == "weight"}
+    if unknown:
+        raise TicketFormatError(f"masks given for tensors the architecture has no weight for: {sorted(unknown)}")
+    seed = rng._check_seed(seed)
+    entries, payloads, offset = [], [], 0
+    for p in params:
+        if p.kind == "bias":
+            entries.append(TensorEntry(p.name, p.shape, "zero"))
+            continue
+        scale = init.scale(p.fan_in, p.fan_out)
+        w0 = rng.generate(seed, p.name, p.shape, init.distribution, scale)
+        fp = rng.fingerprint(w0, init.distribution)
+        if p.name not in masks:
+            entries.append(TensorEntry(p.name, p.shape, "regenerated", init.distribution, scale, fp))
+            continue
+        m = np.asarray(masks[p.name])
+        if m.shape != p.shape:
+            raise TicketFormatError(f"mask for {p.name!r} has shape {m.shape}; the architecture says {p.shape}")
+        if m.dtype != bool:
+            if not np.isin(m, (0, 1)).all():
+                raise TicketFormatError(f"mask for {p.name!r} must hold only 0/1 or booleans")
+            m = m.astype(bool)
+        used, blob = codecs.encode(m, codec)
+        entries.append(TensorEntry(p.name, p.shape, "masked", init.distribution, scale, fp, used,
+                                   offset, len(blob), int(np.count_nonzero(m))))
+        payloads.append(blob)
+        offset += len(blob)
+    header = {
+        "architecture": architecture.to_dict(),
+        "seed": seed,
+        "generator": {"name": rng.GENERATOR_NAME, "version": rng.GENERATOR_VERSION},
+        "init": init.to_dict(),
+        "criterion": _check_criterion(criterion),
+        "keep": _check_keep(keep),
+        "tensors": [e.to_dict() for e in entries],
+        "metadata": _check_metadata(dict(metadata) if metadata is not None else None),
+    }
+    hbytes = json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    if len(hbytes) > MAX_HEADER_BYTES:
+        raise TicketFormatError(f"header of {len(hbytes)} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(hbytes)) + hbytes + b"".join(payloads)
+    return body + hashlib.sha256(body).digest()
+
+
+def write_ticket(path: str | os.PathLike, *args, **kwargs) -> Ticket:
+    """Encode a ticket (see :func:`encode_ticket`), write it atomically, return it parsed."""
+    data = encode_ticket(*args, **kwargs)
+    atomic_write(path, data)
+    return decode_ticket(data)
+
+
+# ------------------------------------------------------------------------------- reading
+
+
+def _fail(msg: str) -> TicketFormatError:
+    return TicketFormatError(msg)
+
+
+
+def _no_duplicates(pairs: list) -> dict:
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise _fail(f"header has a duplicate key {k!r:.40}")
+        d[k] = v
+    return d
+
+
+def _reject_constant(name: str) -> None:
+    raise _fail(f"header contains {name}, which is not valid JSON")
+
+
+def _parse_header(raw: bytes) -> dict:
+    try:
+        text = raw.decode("utf-8")
+        header = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except TicketFormatError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _fail(f"header is not valid UTF-8 JSON: {str(e)[:200]}") from None
+    if not isinstance(header, dict):
+        raise _fail("header must be a JSON object")
+    missing, extra = _TOP_KEYS - set(header), set(header) - _TOP_KEYS
+    if missing or extra:
+        raise _fail(f"header fields wrong: missing {sorted(missing)}, unknown {sorted(extra)[:10]}")
+    return header
+
+
+def _int_field(v: object, what: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise _fail(f"{what} must be an integer in [{lo}, {hi}], got {v!r:.40}")
+    return v
+
+
+def _parse_tensor(d: object, p: Param, init: rng.InitSpec) -> TensorEntry:
+    if not isinstance(d, dict):
+        raise _fail("each tensor entry must be an object")
+    name = p.name
+    extra = set(d) - _TENSOR_KEYS
+    if extra:
+        raise _fail(f"tensor {name!r} has unknown fields {sorted(map(str, extra))[:10]}")
+    shape = d.get("shape")
+    if not isinstance(shape, list) or tuple(shape) != p.shape or any(isinstance(v, bool) for v in shape):
+        raise _fail(f"tensor {name!r} declares shape {shape!r:.60}; the architecture says {list(p.shape)}")
+    role = d.get("role")
+    if role not in ROLES:
+        raise _fail(f"tensor {name!r} has unknown role {role!r:.40}; known: {', '.join(ROLES)}")
+    need = {"name", "shape", "role"}
+    if role != "zero":
+        need |= {"init", "fingerprint"}
+    if role == "masked":
+        need |= {"codec", "offset", "length", "num_kept"}
+    if set(d) != need:
+        raise _fail(f"tensor {name!r} with role {role} must have exactly the fields {sorted(need)}")
+    if role == "zero":
+        return TensorEntry(name, p.shape, role)
+    if p.kind != "weight":
+        raise _fail(f"tensor {name!r} is a bias; biases can only have role 'zero'")
+    ti = d["init"]
+    if not isinstance(ti, dict) or set(ti) != {"distribution", "scale"}:
+        raise _fail(f"tensor {name!r}: init must have 'distribution' and 'scale'")
+    if ti["distribution"] != init.distribution:
+        raise _fail(f"tensor {name!r}: distribution {ti['distribution']!r:.40} does not match init scheme {init.scheme}")
+    expected = init.scale(p.fan_in, p.fan_out)
+    try:
+        scale = float.fromhex(ti["scale"]) if isinstance(ti["scale"], str) else None
+    except (ValueError, OverflowError):
+        scale = None
+    if scale != expected:
+        raise _fail(f"tensor {name!r}: scale {ti['scale']!r:.40} does not match {init.scheme} "
+                    f"for fans ({p.fan_in}, {p.fan_out}), which gives {expected.hex()}")
+    fp = d["fingerprint"]
+    exact = init.distribution in rng.EXACT_DISTRIBUTIONS
+    if exact:
+        ok = isinstance(fp, dict) and set(fp) == {"sha256"} and isinstance(fp["sha256"], str) and len(fp["sha256"]) == 16
+    else:
+        probes = fp.get("probes") if isinstance(fp, dict) else None
+        ok = (isinstance(fp, dict) and set(fp) == {"sign_sha256", "probes"} and isinstance(fp["sign_sha256"], str)
+              and isinstance(probes, list) and len(probes) <= 64
+              and all(isinstance(x, list) and len(x) == 2 and isinstance(x[0], int) and isinstance(x[1], str)
+                      for x in probes))
+    if not ok:
+        raise _fail(f"tensor {name!r}: malformed fingerprint")
+    if role == "regenerated":
+        return TensorEntry(name, p.shape, role, init.distribution, scale, fp)
+    codec = d["codec"]
+    if codec not in codecs.CODECS:
+        raise _fail(f"tensor {name!r}: unknown codec {codec!r:.40}; this reader knows {', '.join(codecs.CODECS)}")
+    n = p.size
+    length = _int_field(d["length"], f"tensor {name!r} length", 0, MAX_FILE_BYTES)
+    if codec == "bitpack" and length != codecs.bitpack_size(n):
+        raise _fail(f"tensor {name!r}: bitpack payload of {length} bytes; {codecs.bitpack_size(n)} expected")
+    if codec == "entropy" and (length < 4 or length % 4):
+        raise _fail(f"tensor {name!r}: entropy payload length {length} is not a positive multiple of 4")
+    return TensorEntry(name, p.shape, role, init.distribution, scale, fp, codec,
+                       _int_field(d["offset"], f"tensor {name!r} offset", 0, MAX_FILE_BYTES), length,
+                       _int_field(d["num_kept"], f"tensor {name!r} num_kept", 0, n))
+
+
+def decode_ticket(data: bytes | bytearray | memoryview, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> Ticket:
+    """Parse and validate a ticket from bytes. Raises TicketFormatError on any bad input."""
+    data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    size = len(data)
+    if size < _PREFIX.size + _DIGEST:
+        if bytes(data[:8]) != MAGIC[: min(8, size)] or size < 8:
+            raise _fail(f"not a supermask ticket ({size} bytes; a ticket starts with {MAGIC!r})")
+        raise _fail(f"truncated ticket: {size} bytes is shorter than the fixed {_PREFIX.size + _DIGEST}-byte frame")
+    magic, version, reserved, hlen = _PREFIX.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise _fail(f"not a supermask ticket (starts with {bytes(magic)!r}, expected {MAGIC!r})")
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            f"ticket format version {version}; this reader supports version {FORMAT_VERSION} "
+            "(upgrade supermask to read newer tickets)")
+    if reserved != 0:
+        raise _fail("reserved header bytes are not zero")
+    if not 1 <= hlen <= MAX_HEADER_BYTES:
+        raise _fail(f"header length {hlen} is outside [1, {MAX_HEADER_BYTES}]")
+    if _PREFIX.size + hlen + _DIGEST > size:
+        raise _fail(f"truncated ticket: header says {hlen} bytes but the file has {size} bytes in all")
+    digest = hashlib.sha256(data[: size - _DIGEST]).digest()
+    if digest != bytes(data[size - _DIGEST:]):
+        raise ChecksumError("ticket checksum mismatch: the file is damaged or was modified "
+                            "(re-copy it or re-run `supermask pack`)")
+    header = _parse_header(bytes(data[_PREFIX.size: _PREFIX.size + hlen]))
+
+    gen = header["generator"]
+    if not isinstance(gen, dict) or gen.get("name") != rng.GENERATOR_NAME or set(gen) != {"name", "version"}:
+        raise _fail(f"unknown generator {gen!r:.80}; this reader knows {rng.GENERATOR_NAME}")
+    if gen["version"] != rng.GENERATOR_VERSION:
+        raise UnsupportedVersionError(
+            f"generator version {gen['version']!r:.20}; this reader supports {rng.GENERATOR_VERSION}")
+    try:
+        arch = Architecture.from_dict(header["architecture"])
+        init = rng.InitSpec.from_dict(header["init"])
+        params = arch.params()
+    except (ArchitectureError, InitSpecError) as e:
+        raise _fail(f"bad header: {e}") from None
+    seed = _int_field(header["seed"], "seed", 0, (1 << 64) - 1)
+    total = sum(p.size for p in params)
+    if total > max_weights:
+        raise _fail(f"ticket describes {total} parameters, above the limit of {max_weights} "
+                    "(pass a larger max_weights if you trust this file)")
+    rows = header["tensors"]
+    if not isinstance(rows, list) or len(rows) != len(params):
+        raise _fail(f"tensor table must list the architecture's {len(params)} tensors")
+    by_name: dict[str, object] = {}
+    for r in rows:
+        nm = r.get("name") if isinstance(r, dict) else None
+        if not isinstance(nm, str) or nm in by_name:
+            raise _fail(f"tensor table has a missing or duplicate name: {nm!r:.60}")
+        by_name[nm] = r
+    if set(by_name) != {p.name for p in params}:
+        raise _fail(f"tensor names {sorted(by_name)[:8]} do not match the architecture's {[p.name for p in params][:8]}")
+    if [r["name"] for r in rows] != [p.name for p in params]:
+        raise _fail("tensor table must follow the architecture's parameter order")
+    entries = tuple(_parse_tensor(by_name[p.name], p, init) for p in params)
+
+    payload_start = _PREFIX.size + hlen
+    payload_size = size - _DIGEST - payload_start
+    offset = 0
+    for e in entries:
+        if e.role == "masked":
+            if e.offset != offset:
+                raise _fail(f"tensor {e.name!r}: payload offset {e.offset}, expected {offset} (payloads are back to back)")
+            offset += e.length
+    if offset != payload_size:
+        raise _fail(f"payload section is {payload_size} bytes but the tensor table accounts for {offset}")
+
+    masks: dict[str, np.ndarray] = {}
+    for e in entries:
+        if e.role != "masked":
+            continue
+        blob = data[payload_start + e.offset: payload_start + e.offset + e.length]
+        try:
+            bits = codecs.decode(blob, e.size, e.codec)
+        except CodecError as ex:
+            raise _fail(f"tensor {e.name!r}: {ex}") from None
+        kept = int(np.count_nonzero(bits))
+        if kept != e.num_kept:
+            raise _fail(f"tensor {e.name!r}: mask keeps {kept} weights but the header says {e.num_kept}")
+        masks[e.name] = bits.reshape(e.shape)
+
+    return Ticket(
+        architecture=arch,
+        seed=seed,
+        init=init,
+        masks=masks,
+        tensors=entries,
+        criterion=_wrap(_check_criterion, header["criterion"]),
+        keep=_wrap(_check_keep, header["keep"]),
+        metadata=_wrap(_check_metadata, header["metadata"]),
+        file_bytes=size,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def _wrap(check, value):
+    try:
+        return check(value)
+    except TicketFormatError as e:
+        raise _fail(f"bad header: {e}") from None
+
+
+def read_ticket(path: str | os.PathLike, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> Ticket:
+    """Read and validate a ticket file (see :func:`decode_ticket`)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise _fail(f"{path}: {size} bytes is too large for a ticket")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SupermaskError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise SupermaskError(f"{path} is a folder, not a ticket file") from None
+    except PermissionError:
+        raise SupermaskError(f"permission denied reading {path}") from None
+    try:
+        return decode_ticket(data, max_weights=max_weights)
+    except TicketFormatError as e:
+        raise type(e)(f"{path}: {e}") from None
