@@ -93,3 +93,21 @@ def inspect(ticket: str, as_json: bool, verify: bool) -> None:
     s["verified"] = verify
     click.echo(json.dumps(s, indent=2) if as_json else format_summary(ticket, s)
                + ("\nverified    all regenerated tensors match their fingerprints" if verify else ""))
+
+
+def _register_commands() -> None:
+    # Command modules stay import-light (no torch at import time); each exports COMMANDS.
+    import importlib
+
+    for name in ("supermask.cli_train", "supermask.cli_deploy"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        for cmd in module.COMMANDS:
+            main.add_command(cmd)
+
+
+_register_commands()
