@@ -59,7 +59,7 @@ def format_summary(path: str, s: dict) -> str:
         f"weights     {s['num_kept']:,} kept of {s['num_weights']:,} ({100 * (s['density'] or 0):.2f} %)"
         f"  {s['bits_per_weight']:.3f} bits/weight (whole file)",
         f"vs float32  {_human_bytes(s['dense_float32_bytes'])} dense -> {_human_bytes(s['file_bytes'])} ticket"
-        f"  ({s['compression_ratio']:.1f}x smaller)",
+        f"  ({s['compression_ratio']:.1f}x compression)",
     ]
     for k, v in s["metadata"].items():
         lines.append(f"{k:<11} {v}")

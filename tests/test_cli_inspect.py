@@ -1,0 +1,85 @@
+"""`supermask inspect`: summary text, JSON fields, and clear errors on bad files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+from click.testing import CliRunner
+
+from supermask.cli import main
+
+from helpers import FIXTURES
+
+TINY = str(FIXTURES / "tiny-v1.smask")
+
+
+def test_inspect_text():
+    r = CliRunner().invoke(main, ["inspect", TINY])
+    assert r.exit_code == 0, r.output
+    assert "tiny-mlp" in r.output and "seed        42" in r.output
+    assert "large_final_same_sign" in r.output
+    assert "fc1.weight" in r.output and "entropy" in r.output and "regenerated" in r.output
+
+
+def test_inspect_json_fields():
+    r = CliRunner().invoke(main, ["inspect", "--json", TINY])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.output)
+    assert s["file_bytes"] == (FIXTURES / "tiny-v1.smask").stat().st_size
+    assert s["num_weights"] == 12 * 16 + 6 * 12 + 3 * 6
+    kept = {t["name"]: t["num_kept"] for t in s["tensors"]}
+    assert s["num_kept"] == kept["fc1.weight"] + kept["fc2.weight"] + kept["fc3.weight"] == 99
+    assert abs(s["bits_per_weight"] - 8 * s["file_bytes"] / s["num_weights"]) < 1e-12
+    assert s["dense_float32_bytes"] == 4 * (282 + 12 + 3)
+    rows = {t["name"]: t for t in s["tensors"]}
+    assert rows["fc1.weight"]["codec"] == "entropy"
+    assert rows["fc1.weight"]["bits_per_weight"] == 8 * rows["fc1.weight"]["payload_bytes"] / 192
+    assert rows["fc2.weight"]["role"] == "regenerated" and rows["fc2.weight"]["density"] == 1.0
+
+
+def test_inspect_verify():
+    r = CliRunner().invoke(main, ["inspect", "--verify", "--json", TINY])
+    assert r.exit_code == 0 and json.loads(r.output)["verified"] is True
+
+
+def _err(args):
+    r = CliRunner().invoke(main, args)
+    return r.exit_code, r.output
+
+
+def test_inspect_errors_are_one_line_and_nonzero(tmp_path):
+    code, out = _err(["inspect", str(tmp_path / "missing.smask")])
+    assert code != 0 and "Traceback" not in out
+
+    trunc = tmp_path / "trunc.smask"
+    trunc.write_bytes((FIXTURES / "tiny-v1.smask").read_bytes()[:200])
+    code, out = _err(["inspect", str(trunc)])
+    assert code == 1 and "Error:" in out and "truncated" in out
+
+    corrupt = tmp_path / "corrupt.smask"
+    data = bytearray((FIXTURES / "tiny-v1.smask").read_bytes())
+    data[500] ^= 4
+    corrupt.write_bytes(bytes(data))
+    code, out = _err(["inspect", str(corrupt)])
+    assert code == 1 and "checksum" in out
+
+    newer = tmp_path / "newer.smask"
+    data = bytearray((FIXTURES / "tiny-v1.smask").read_bytes())
+    data[8:10] = struct.pack("<H", 9)
+    newer.write_bytes(bytes(data))
+    code, out = _err(["inspect", str(newer)])
+    assert code == 1 and "version 9" in out
+
+    text = tmp_path / "notes.smask"
+    text.write_text("hello")
+    code, out = _err(["inspect", str(text)])
+    assert code == 1 and "not a supermask ticket" in out
+    assert all(o.count("\n") <= 2 for o in [out])
+
+
+def test_unknown_option_is_a_usage_error(tmp_path):
+    shutil.copy(TINY, tmp_path / "t.smask")
+    r = CliRunner().invoke(main, ["inspect", "--colour", str(tmp_path / "t.smask")])
+    assert r.exit_code == 2 and "No such option" in r.output
