@@ -91,8 +91,9 @@ def main() -> None:
     sizes = codec_sizes()
     sp = speeds(2_500_000 if args.quick else 25_000_000, 3 if args.quick else 7)
     print(f"machine: {machine()}\n")
-    print("Mask codecs on i.i.d. masks of 1,000,000 weights (bits per weight):\n")
-    print("| p | H(p) | entropy codec | over H(p) | bitpack | xz -9e of bitpack | auto picks |")
+    print("Mask codecs on i.i.d. masks of 1,000,000 weights with P(kept) = p (bits per weight;\n"
+          "H is the binary entropy of the mask's actual density):\n")
+    print("| p | H(density) | entropy codec | over H | bitpack | xz -9e of bitpack | auto picks |")
     print("|---|---|---|---|---|---|---|")
     for r in sizes:
         print(f"| {r['p']} | {r['entropy_bound_bpw']:.4f} | {r['entropy_codec_bpw']:.4f} | "

@@ -129,7 +129,11 @@ class Preprocess:
             raise ArchitectureError("preprocess must be an object with 'scale', 'mean' and 'std'")
 
         def num(v: object, what: str) -> float:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            try:
+                ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(float(v))
+            except OverflowError:
+                ok = False
+            if not ok:
                 raise ArchitectureError(f"preprocess {what} must be a finite number, got {v!r:.40}")
             return float(v)
 

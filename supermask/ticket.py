@@ -319,6 +319,15 @@ def _int_field(v: object, what: str, lo: int, hi: int) -> int:
     return v
 
 
+def _is_hex_float(v: object) -> bool:
+    if not isinstance(v, str) or len(v) > 40:
+        return False
+    try:
+        return math.isfinite(float.fromhex(v))
+    except (ValueError, OverflowError):
+        return False
+
+
 def _parse_tensor(d: object, p: Param, init: rng.InitSpec) -> TensorEntry:
     if not isinstance(d, dict):
         raise _fail("each tensor entry must be an object")
@@ -364,8 +373,8 @@ def _parse_tensor(d: object, p: Param, init: rng.InitSpec) -> TensorEntry:
         probes = fp.get("probes") if isinstance(fp, dict) else None
         ok = (isinstance(fp, dict) and set(fp) == {"sign_sha256", "probes"} and isinstance(fp["sign_sha256"], str)
               and isinstance(probes, list) and len(probes) <= 64
-              and all(isinstance(x, list) and len(x) == 2 and isinstance(x[0], int) and isinstance(x[1], str)
-                      for x in probes))
+              and all(isinstance(x, list) and len(x) == 2 and isinstance(x[0], int) and not isinstance(x[0], bool)
+                      and _is_hex_float(x[1]) for x in probes))
     if not ok:
         raise _fail(f"tensor {name!r}: malformed fingerprint")
     if role == "regenerated":
