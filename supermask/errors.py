@@ -38,3 +38,19 @@ class CodecError(SupermaskError):
 
 class VerificationError(SupermaskError):
     """Regenerated weights do not match the fingerprint stored in the ticket."""
+
+
+class RuntimeUnavailableError(SupermaskError):
+    """The requested execution device or runtime library is not available on this machine."""
+
+
+class InputError(SupermaskError):
+    """An input given for inference has the wrong shape, dtype or file format."""
+
+
+class DatasetError(SupermaskError):
+    """A data set is unknown, missing or malformed; the message says where it was looked for."""
+
+
+class RunError(SupermaskError):
+    """A run directory is missing, incomplete or does not hold what was asked for."""

@@ -1,0 +1,105 @@
+"""Training throughput of `supermask find` against a minimal hand-written PyTorch loop.
+
+    python benchmarks/bench_training.py --data-dir ../shared/data --model lenet-300-100 \\
+        --iterations 2000 --repeats 5 --threads 1
+
+Both train the same architecture on the same data set (whole training set held as one
+tensor on the device, batch 60, Adam at the same learning rate) for the same number of
+steps, alternating run by run so that machine load hits both alike. Reported: median
+seconds and iterations per second of each, and their ratio (find / hand loop).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import click
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
+
+
+def hand_loop(arch, images, labels, iterations: int, lr: float, batch: int, device: str) -> float:
+    """The baseline: nothing but the training step. Returns seconds."""
+    import torch
+    from torch.nn import functional as F
+
+    from supermask.models import torch_module as tm
+
+    t0 = time.perf_counter()
+    x = tm.preprocess(torch.from_numpy(images).to(device), arch)
+    y = torch.from_numpy(labels).to(device)
+    net = tm.Net(arch).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    n = x.shape[0]
+    per_epoch = n // batch
+    g = torch.Generator().manual_seed(0)
+    for it in range(iterations):
+        b = it % per_epoch
+        if b == 0:
+            perm = torch.randperm(n, generator=g).to(device)
+        idx = perm[b * batch:(b + 1) * batch]
+        loss = F.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+@click.command()
+@click.option("--model", default="lenet-300-100", show_default=True)
+@click.option("--dataset", default="fashion-mnist", show_default=True)
+@click.option("--data-dir", default=None)
+@click.option("--iterations", type=int, default=2000, show_default=True)
+@click.option("--repeats", type=int, default=5, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json-out", default=None, help="Also write the numbers as JSON here.")
+def main(model, dataset, data_dir, iterations, repeats, threads, device, json_out):
+    import numpy as np
+    import torch
+
+    from supermask import datasets, models
+    from supermask.find import FindConfig, resolve_device, train
+
+    torch.set_num_threads(threads)
+    device = resolve_device(device)
+    ds = datasets.load(dataset, "train", data_dir)
+    arch = models.build(model, ds.input_shape, ds.classes, ds.preprocess)
+    cfg = FindConfig(model, dataset, iterations=iterations)
+    images, labels = np.array(ds.images), np.array(ds.labels)
+    ours, base = [], []
+    # one warm-up of each, then alternate
+    train(cfg, arch, ds, device, progress=False)
+    hand_loop(arch, images, labels, iterations, cfg.lr, cfg.batch_size, device)
+    for _ in range(repeats):
+        t = time.perf_counter()
+        train(cfg, arch, ds, device, progress=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        ours.append(time.perf_counter() - t)
+        base.append(hand_loop(arch, images, labels, iterations, cfg.lr, cfg.batch_size, device))
+    mo, mb = statistics.median(ours), statistics.median(base)
+    res = {
+        "model": model, "dataset": dataset, "iterations": iterations, "repeats": repeats, "threads": threads,
+        "device": device, "machine": machine(), "torch": torch.__version__,
+        "find_seconds_median": mo, "hand_loop_seconds_median": mb,
+        "find_it_per_s": iterations / mo, "hand_loop_it_per_s": iterations / mb, "ratio": mo / mb,
+        "find_seconds": ours, "hand_loop_seconds": base,
+    }
+    click.echo(f"{model} on {dataset}, {iterations} steps x {repeats}, {device}, {threads} thread(s)")
+    click.echo(f"supermask find loop  median {mo:.2f} s  ({iterations / mo:,.0f} it/s)")
+    click.echo(f"hand-written loop    median {mb:.2f} s  ({iterations / mb:,.0f} it/s)")
+    click.echo(f"ratio find / hand    {mo / mb:.3f}  (target <= 1.25)")
+    if json_out:
+        Path(json_out).write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

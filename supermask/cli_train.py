@@ -1,0 +1,158 @@
+"""``supermask find`` and ``supermask pack``. Import-light: torch is imported by the library
+functions these commands call, never at import time."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from . import criteria as crit
+from . import datasets
+from .codecs import CODECS
+
+
+def _models() -> list[str]:
+    from . import models
+
+    return list(models.REGISTRY)
+
+
+def _float_list(ctx, param, value: str | None):
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated fractions such as 0.5,0.2,0.1, got {value!r}") from None
+    if not out or any(not 0 < v <= 1 for v in out):
+        raise click.BadParameter(f"every keep value must be a fraction in (0, 1], got {value!r}")
+    return out
+
+
+def _names(ctx, param, value: str | None):
+    if value is None:
+        return None
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    if value.strip() == "all":
+        return tuple(crit.CRITERIA)
+    bad = [n for n in names if n not in crit.CRITERIA]
+    if bad or not names:
+        raise click.BadParameter(f"unknown criterion {', '.join(bad) or value!r}; choose from "
+                                 f"{', '.join(crit.CRITERIA)} (or 'all')")
+    return names
+
+
+def _inits() -> list[str]:
+    from . import rng
+
+    return [s for s in rng.SCHEMES if "normal" not in s]
+
+
+@click.command()
+@click.option("--model", required=True, type=click.Choice(_models()), help="Architecture to train.")
+@click.option("--dataset", required=True, type=click.Choice(list(datasets.DATASETS)),
+              help="Data set ('digits' ships with the package).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Folder with the data set files (DIR or DIR/<dataset>/). Default: the download cache.")
+@click.option("--download", is_flag=True, help="Download a missing data set into the cache (checked by MD5).")
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
+              help="Seed of the initial weights (and the data order): the seed is the model.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Run directory. Default: runs/<model>-<dataset>-s<seed>-<config hash>.")
+@click.option("--init", "init", type=click.Choice(_inits()), default="kaiming_uniform", show_default=True,
+              help="Initial weight distribution (bit-exact schemes only).")
+@click.option("--lr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Adam learning rate. Default: 1.2e-3 (lenet-300-100), 2e-4 (conv2), 3e-4 (conv4, conv6).")
+@click.option("--batch-size", type=click.IntRange(1), default=60, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=None,
+              help="Training epochs (default 20, unless --iterations is given).")
+@click.option("--iterations", type=click.IntRange(1), default=None, help="Training steps (overrides --epochs).")
+@click.option("--criteria", callback=_names, default=None,
+              help=f"Comma-separated criteria to evaluate, or 'all' (default: all): {', '.join(crit.CRITERIA)}.")
+@click.option("--keep", "keeps", callback=_float_list, default=None,
+              help="Comma-separated fractions of weights to keep (default 0.5,0.3,0.2,0.1,0.05).")
+@click.option("--selection", type=click.Choice(list(crit.SELECTIONS)), default="layerwise", show_default=True,
+              help="Top-k per layer (output layer pruned at half the rate) or over all layers at once.")
+@click.option("--train-limit", type=click.IntRange(1), default=None, help="Train on the first N images only.")
+@click.option("--test-limit", type=click.IntRange(1), default=None, help="Evaluate on the first N images only.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads for torch (default: torch's choice). 1 is often fastest on a busy machine.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
+def find(model, dataset, data_dir, download, seed, out, init, lr, batch_size, epochs, iterations, criteria,
+         keeps, selection, train_limit, test_limit, device, threads, quiet):
+    """Train a dense network once, then score, select and evaluate supermasks.
+
+    Every (criterion, keep) supermask is evaluated on the *untrained* masked network, with
+    the original initial weights and with their signed constants, next to the dense trained
+    accuracy. Results go to OUT/results.json; re-running resumes finished stages.
+    """
+    from .find import DEFAULT_EPOCHS, FindConfig, find as run_find
+
+    kwargs = dict(model=model, dataset=dataset, seed=seed, init=init, lr=lr, batch_size=batch_size,
+                  epochs=epochs or DEFAULT_EPOCHS, iterations=iterations, selection=selection,
+                  train_limit=train_limit, test_limit=test_limit)
+    if criteria is not None:
+        kwargs["criteria"] = criteria
+    if keeps is not None:
+        kwargs["keeps"] = keeps
+    try:
+        cfg = FindConfig(**kwargs)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    out = out or cfg.default_out()
+    res = run_find(cfg, out, data_dir=data_dir, download=download, device=device, progress=not quiet,
+                   threads=threads)
+    if not quiet:
+        click.echo(format_results(res))
+    click.echo(f"results: {out}/results.json")
+
+
+def format_results(res: dict) -> str:
+    """A text table: dense accuracy, then accuracy per criterion x keep for both init variants."""
+    rows = res["rows"]
+    dense = next(r for r in rows if r["criterion"] == "dense")
+    keeps = sorted({r["keep"] for r in rows if r["criterion"] != "dense"}, reverse=True)
+    lines = [f"dense trained accuracy {100 * dense['accuracy']:.2f} % on {dense['total']} test images",
+             "supermask accuracy (untrained masked network), % by keep:"]
+    head = f"{'criterion':<24} {'init':<16}" + "".join(f"{k:>8g}" for k in keeps)
+    lines.append(head)
+    by = {(r["criterion"], r["init"], r["keep"]): r for r in rows}
+    for c in dict.fromkeys(r["criterion"] for r in rows if r["criterion"] != "dense"):
+        for v in ("original", "signed-constant"):
+            cells = "".join(f"{100 * by[c, v, k]['accuracy']:>8.2f}" if (c, v, k) in by else f"{'-':>8}"
+                            for k in keeps)
+            lines.append(f"{c:<24} {v:<16}{cells}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("ticket", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=str),
+              help="A finished `supermask find` run directory.")
+@click.option("--criterion", type=click.Choice(list(crit.CRITERIA)), default=crit.DEFAULT_CRITERION,
+              show_default=True)
+@click.option("--keep", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Fraction kept. Default: the keep with the best accuracy in the run's results.")
+@click.option("--init", "init", type=click.Choice(["original", "signed-constant"]), default="original",
+              show_default=True, help="Initial weights of the ticket: the run's own or their signed constants.")
+@click.option("--codec", type=click.Choice(["auto", *CODECS]), default="auto", show_default=True,
+              help="Mask coding: auto picks the smaller of bitpack and entropy per tensor.")
+@click.option("--json", "as_json", is_flag=True, help="Print the ticket summary as JSON.")
+def pack(ticket, run_dir, criterion, keep, init, codec, as_json):
+    """Write one supermask of a find run as a ticket (seed + init spec + packed mask)."""
+    from .find import pack as run_pack
+
+    t = run_pack(run_dir, ticket, criterion=criterion, keep=keep, init=init, codec=codec)
+    s = t.summary()
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+    else:
+        acc = s["metadata"].get("accuracy")
+        click.echo(f"wrote {ticket}: {s['file_bytes']:,} bytes, {criterion} keep {t.keep:g} ({init}), "
+                   f"density {100 * s['density']:.2f} %"
+                   + (f", accuracy {100 * acc:.2f} % in the run" if acc is not None else ""))
+
+
+COMMANDS = [find, pack]

@@ -1,0 +1,553 @@
+"""``supermask find`` and ``supermask pack``: train once, score, select and evaluate supermasks,
+then pack one of them into a ticket. Imports torch (lazily, inside the functions that train or
+evaluate), so the rest of the package stays importable without it.
+
+One :class:`FindConfig` is the single source of defaults and run identity. A run directory
+holds (see ``docs/training.md``)::
+
+    config.json        the canonical config and its hashes
+    architecture.json  the architecture description (with the data set's preprocessing)
+    weights.npz        final trained weights by tensor name (np.savez, no pickle)
+    train.json         training summary; its presence marks the training stage finished
+    masks.npz          packed masks, key "<criterion>/<keep>/<tensor>" (np.packbits, little)
+    results.json       one row per (criterion, keep, init variant) plus the dense row
+
+Every file is written atomically, weights before the file that marks the stage finished,
+so an interrupted run never leaves a half-written file and re-running resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from . import criteria as crit
+from . import datasets, rng
+from .arch import Architecture
+from .atomic import atomic_open, atomic_write
+from .errors import RunError, SupermaskError
+
+log = logging.getLogger(__name__)
+
+RUN_FORMAT = 1
+#: Adam learning rates of Frankle & Carbin 2019 / Zhou et al. 2019.
+DEFAULT_LR = {"lenet-300-100": 1.2e-3, "conv2": 2e-4, "conv4": 3e-4, "conv6": 3e-4}
+DEFAULT_KEEPS = (0.5, 0.3, 0.2, 0.1, 0.05)
+DEFAULT_EPOCHS = 20
+INIT_VARIANTS = ("original", "signed-constant")
+DEVICES = ("auto", "cpu", "cuda")
+# Fields that change what training produces; the rest only change the evaluation.
+_TRAIN_FIELDS = ("model", "dataset", "seed", "init", "gain_sq", "lr", "batch_size", "epochs", "iterations",
+                 "train_limit")
+
+
+def _floats(v: Sequence[float], what: str) -> tuple[float, ...]:
+    out = tuple(float(x) for x in v)
+    if not out:
+        raise ValueError(f"{what} must not be empty")
+    for x in out:
+        if not 0 < x <= 1:
+            raise ValueError(f"every {what} value must be a fraction in (0, 1], got {x:g}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{what} has duplicate values")
+    return out
+
+
+@dataclass(frozen=True)
+class FindConfig:
+    """Everything that defines a find run. ``lr=None`` means the model's default."""
+
+    model: str
+    dataset: str
+    seed: int = 0
+    init: str = "kaiming_uniform"
+    gain_sq: float = 2.0
+    lr: float | None = None
+    batch_size: int = 60
+    epochs: int = DEFAULT_EPOCHS
+    iterations: int | None = None  # overrides epochs when set
+    criteria: tuple[str, ...] = tuple(crit.CRITERIA)
+    keeps: tuple[float, ...] = DEFAULT_KEEPS
+    selection: str = "layerwise"
+    train_limit: int | None = None  # use only the first N training images (smoke tests)
+    test_limit: int | None = None  # evaluate on only the first N test images
+
+    def __post_init__(self) -> None:
+        from . import models
+
+        if self.model not in models.REGISTRY:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(models.REGISTRY)}")
+        if self.dataset not in datasets.DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(datasets.DATASETS)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+        try:
+            spec = rng.InitSpec(self.init, self.gain_sq)
+        except SupermaskError as e:
+            raise ValueError(str(e)) from None
+        if not spec.exact:
+            raise ValueError(f"init {self.init!r} is not bit-exact across machines; use a uniform or "
+                             f"signed-constant scheme ({', '.join(s for s in rng.SCHEMES if 'normal' not in s)})")
+        object.__setattr__(self, "gain_sq", spec.gain_sq)
+        lr = DEFAULT_LR[self.model] if self.lr is None else float(self.lr)
+        if not 0 < lr < 1:
+            raise ValueError(f"learning rate must be in (0, 1), got {lr:g}")
+        object.__setattr__(self, "lr", lr)
+        for name in ("batch_size", "epochs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("iterations", "train_limit", "test_limit"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        names = tuple(self.criteria)
+        if not names:
+            raise ValueError("give at least one criterion")
+        for c in names:
+            crit.get(c)
+        if len(set(names)) != len(names):
+            raise ValueError("criteria has duplicate names")
+        object.__setattr__(self, "criteria", names)
+        object.__setattr__(self, "keeps", _floats(self.keeps, "keep"))
+        if self.selection not in crit.SELECTIONS:
+            raise ValueError(f"unknown selection {self.selection!r}; choose one of {', '.join(crit.SELECTIONS)}")
+
+    @property
+    def init_spec(self) -> rng.InitSpec:
+        return rng.InitSpec(self.init, self.gain_sq)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["criteria"], d["keeps"] = list(self.criteria), list(self.keeps)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "FindConfig":
+        known = {f.name for f in fields(cls)}
+        extra = set(d) - known
+        if extra:
+            raise ValueError(f"unknown config fields: {', '.join(sorted(extra))}")
+        d = dict(d)
+        for k in ("criteria", "keeps"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    def _hash(self, keys: Sequence[str]) -> str:
+        d = self.to_dict()
+        canon = json.dumps({k: d[k] for k in keys}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    @property
+    def train_hash(self) -> str:
+        """Identity of the training stage (what trained weights depend on)."""
+        return self._hash(_TRAIN_FIELDS)
+
+    @property
+    def run_hash(self) -> str:
+        """Identity of the whole run (training and evaluation)."""
+        return self._hash([f.name for f in fields(self)])
+
+    def default_out(self) -> str:
+        return os.path.join("runs", f"{self.model}-{self.dataset}-s{self.seed}-{self.run_hash[:8]}")
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RunError(f"cannot read {path}: {e}") from e
+
+
+def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """np.savez to ``path`` atomically (no pickled objects: plain numeric arrays only)."""
+    for k, a in arrays.items():
+        if a.dtype == object:
+            raise TypeError(f"refusing to save object array {k!r}")
+    with atomic_open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Read an npz written by :func:`save_npz`, with pickles disabled."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise RunError(f"cannot read {path}: {e}") from e
+
+
+def mask_key(criterion: str, keep: float, tensor: str) -> str:
+    return f"{criterion}/{keep!r}/{tensor}"
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        from .errors import RuntimeUnavailableError
+
+        raise RuntimeUnavailableError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+    return device
+
+
+class Progress:
+    """A one-line progress bar on stderr (a log line every 10 % when stderr is not a terminal)."""
+
+    def __init__(self, total: int, label: str, enabled: bool = True, stream=None):
+        self.total, self.label, self.enabled = total, label, enabled
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.perf_counter()
+        self._last_decile = -1
+
+    def update(self, done: int, **stats: float) -> None:
+        if not self.enabled:
+            return
+        frac = done / self.total if self.total else 1.0
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        extra = "  ".join(f"{k} {v:.4f}" for k, v in stats.items())
+        if self.tty:
+            bar = "#" * int(30 * frac)
+            self.stream.write(f"\r{self.label} [{bar:<30}] {done}/{self.total} {extra}  {rate:,.0f} it/s")
+            self.stream.flush()
+        elif int(frac * 10) > self._last_decile:
+            self._last_decile = int(frac * 10)
+            self.stream.write(f"{self.label} {done}/{self.total} ({100 * frac:.0f} %) {extra}  {rate:,.0f} it/s\n")
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+
+
+# ------------------------------------------------------------------------------- torch parts
+
+
+def _to_device(ds: datasets.Dataset, arch: Architecture, device: str, limit: int | None):
+    import torch
+
+    from .models import torch_module as tm
+
+    n = len(ds) if limit is None else min(limit, len(ds))
+    x = torch.from_numpy(np.array(ds.images[:n])).to(device)  # a writable copy
+    y = torch.from_numpy(np.array(ds.labels[:n])).to(device)
+    return tm.preprocess(x, arch), y
+
+
+def predict(net, x, batch: int = 2000) -> np.ndarray:
+    """Argmax predictions (int64) of ``net`` on preprocessed inputs ``x``."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, x.shape[0], batch):
+            out.append(net(x[i:i + batch]).argmax(1))
+    return torch.cat(out).cpu().numpy().astype(np.int64)
+
+
+def initial_weights(arch: Architecture, seed: int, init: rng.InitSpec) -> dict[str, np.ndarray]:
+    """Initial weights (project generator) and zero biases, by tensor name, as numpy float32."""
+    from .models.torch_module import init_weights
+
+    return init_weights(arch, seed, init)
+
+
+def train(cfg: FindConfig, arch: Architecture, train_set: datasets.Dataset, device: str,
+          progress: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+    """Train the dense network from the generator's initial weights; return (final weights, summary)."""
+    import torch
+    from torch.nn import functional as F
+
+    from .models import torch_module as tm
+
+    x, y = _to_device(train_set, arch, device, cfg.train_limit)
+    n = x.shape[0]
+    bs = min(cfg.batch_size, n)
+    per_epoch = n // bs  # whole batches only, so every step sees batch_size examples
+    total = cfg.iterations or cfg.epochs * per_epoch
+    net = tm.build(arch, initial_weights(arch, cfg.seed, cfg.init_spec)).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    # The shuffling generator is explicit and seeded from (seed, "shuffle"): no global state.
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int(rng.raw_words(cfg.seed, "shuffle", 1)[0] >> np.uint64(1)))
+    bar = Progress(total, "train", progress)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    history = []
+    t0 = time.perf_counter()
+    net.train()
+    perm = None
+    for it in range(total):
+        b = it % per_epoch
+        if b == 0:
+            perm = torch.randperm(n, generator=gen).to(device)
+        idx = perm[b * bs:(b + 1) * bs]
+        xb, yb = x[idx], y[idx]
+        out = net(xb)
+        loss = F.cross_entropy(out, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.detach()
+        correct += (out.detach().argmax(1) == yb).sum()
+        seen += bs
+        if (it + 1) % 200 == 0 or it + 1 == total:
+            # One device sync per 200 steps keeps the loop as fast as a bare one.
+            lv, acc = loss_sum.item() / (seen / bs), correct.item() / seen
+            history.append({"iteration": it + 1, "loss": lv, "train_accuracy": acc})
+            bar.update(it + 1, loss=lv, acc=acc)
+            loss_sum.zero_()
+            correct.zero_()
+            seen = 0
+    bar.close()
+    seconds = time.perf_counter() - t0
+    weights = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in net.state_dict().items()}
+    summary = {
+        "iterations": total,
+        "epochs": total / per_epoch,
+        "train_examples": n,
+        "device": device,
+        "seconds": seconds,
+        "iterations_per_second": total / seconds if seconds else None,
+        "history": history,
+    }
+    return weights, summary
+
+
+def accuracy(arch: Architecture, weights: Mapping[str, np.ndarray], x, y_np: np.ndarray, device: str) -> tuple[int, np.ndarray]:
+    """(number correct, predictions) of the network with ``weights`` on preprocessed ``x``."""
+    from .models import torch_module as tm
+
+    net = tm.build(arch, weights).to(device).eval()
+    pred = predict(net, x)
+    return int(np.count_nonzero(pred == y_np)), pred
+
+
+def variant_init(cfg: FindConfig, variant: str) -> rng.InitSpec:
+    """The init spec of an evaluation variant: the run's own, or its signed constant."""
+    if variant not in INIT_VARIANTS:
+        raise ValueError(f"unknown init variant {variant!r}; choose one of {', '.join(INIT_VARIANTS)}")
+    return cfg.init_spec if variant == "original" else cfg.init_spec.signed_constant()
+
+
+def masked(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``weights`` with every masked tensor multiplied by its mask; biases set to zero."""
+    out = {}
+    for name, w in weights.items():
+        if name in masks:
+            out[name] = np.where(masks[name], w, np.float32(0)).astype(np.float32)
+        else:
+            out[name] = np.zeros_like(w) if name.endswith(".bias") else w
+    return out
+
+
+def compute_masks(cfg: FindConfig, arch: Architecture, w_init: Mapping[str, np.ndarray],
+                  w_final: Mapping[str, np.ndarray], criterion: str, keep: float) -> dict[str, np.ndarray]:
+    """The supermask for (criterion, keep) over every weight tensor (biases are never masked)."""
+    names = [p.name for p in arch.params() if p.kind == "weight"]
+    return crit.masks_for(criterion, {n: w_init[n] for n in names}, {n: w_final[n] for n in names}, keep,
+                          seed=cfg.seed, output=names[-1], selection=cfg.selection)
+
+
+# ------------------------------------------------------------------------------- the run
+
+
+def _check_config(out: Path, cfg: FindConfig) -> None:
+    path = out / "config.json"
+    if not path.exists():
+        return
+    old = _read_json(path)
+    if old.get("train_hash") != cfg.train_hash:
+        raise RunError(
+            f"{out} already holds a different run (training config {old.get('train_hash')}, this one "
+            f"{cfg.train_hash}); pick another --out or delete that folder"
+        )
+
+
+def find(cfg: FindConfig, out: str | os.PathLike, *, data_dir: str | None = None, download: bool = False,
+         device: str = "auto", progress: bool = True, threads: int | None = None) -> dict:
+    """Run (or resume) a find run into ``out``; return the parsed ``results.json``.
+
+    ``threads`` sets torch's CPU thread count for this process (None leaves it alone). On a
+    busy machine one thread is often much faster than several for the small models.
+    """
+    from . import models
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, cfg)
+    results_path = out / "results.json"
+    if results_path.exists():
+        res = _read_json(results_path)
+        if res.get("run_hash") == cfg.run_hash and (out / "masks.npz").exists():
+            log.info("%s is complete; nothing to do", out)
+            return res
+    dev = resolve_device(device)
+    test_set = datasets.load(cfg.dataset, "test", data_dir, download)
+    arch = models.build(cfg.model, test_set.input_shape, test_set.classes, test_set.preprocess)
+    atomic_write(out / "config.json", _json({
+        "format": RUN_FORMAT, "config": cfg.to_dict(), "train_hash": cfg.train_hash, "run_hash": cfg.run_hash,
+    }))
+    atomic_write(out / "architecture.json", _json(arch.to_dict()))
+
+    train_json = out / "train.json"
+    if train_json.exists() and _read_json(train_json).get("train_hash") == cfg.train_hash:
+        log.info("reusing trained weights in %s", out)
+        w_final = load_npz(out / "weights.npz")
+        summary = _read_json(train_json)
+    else:
+        train_set = datasets.load(cfg.dataset, "train", data_dir, download)
+        w_final, summary = train(cfg, arch, train_set, dev, progress)
+        save_npz(out / "weights.npz", w_final)  # before train.json, which marks the stage done
+        summary["train_hash"] = cfg.train_hash
+        atomic_write(train_json, _json(summary))
+
+    rows, mask_arrays = evaluate(cfg, arch, w_final, test_set, dev, progress)
+    save_npz(out / "masks.npz", mask_arrays)
+    res = {
+        "format": RUN_FORMAT,
+        "run_hash": cfg.run_hash,
+        "config": cfg.to_dict(),
+        "test_examples": rows[0]["total"],
+        "rows": rows,
+    }
+    atomic_write(results_path, _json(res))
+    return res
+
+
+def evaluate(cfg: FindConfig, arch: Architecture, w_final: Mapping[str, np.ndarray], test_set: datasets.Dataset,
+             device: str, progress: bool = True) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Result rows (dense + every criterion x keep x init variant) and the packed masks."""
+    x, y = _to_device(test_set, arch, device, cfg.test_limit)
+    y_np = y.cpu().numpy()
+    total = int(y_np.shape[0])
+    base = {"model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed, "selection": cfg.selection}
+    rows = []
+    correct, _ = accuracy(arch, w_final, x, y_np, device)
+    rows.append({**base, "criterion": "dense", "keep": 1.0, "init": "trained", "accuracy": correct / total,
+                 "correct": correct, "total": total, "density": 1.0,
+                 "layer_densities": {p.name: 1.0 for p in arch.params() if p.kind == "weight"}})
+    inits = {v: initial_weights(arch, cfg.seed, variant_init(cfg, v)) for v in INIT_VARIANTS}
+    mask_arrays: dict[str, np.ndarray] = {}
+    jobs = [(c, k) for c in cfg.criteria for k in cfg.keeps]
+    bar = Progress(len(jobs), "evaluate", progress)
+    for j, (c, k) in enumerate(jobs):
+        masks = compute_masks(cfg, arch, inits["original"], w_final, c, k)
+        kept = sum(int(m.sum()) for m in masks.values())
+        size = sum(m.size for m in masks.values())
+        dens = {n: int(m.sum()) / m.size for n, m in masks.items()}
+        for n, m in masks.items():
+            mask_arrays[mask_key(c, k, n)] = np.packbits(m.reshape(-1), bitorder="little")
+        for v in INIT_VARIANTS:
+            correct, _ = accuracy(arch, masked(inits[v], masks), x, y_np, device)
+            rows.append({**base, "criterion": c, "keep": k, "init": v, "accuracy": correct / total,
+                         "correct": correct, "total": total, "density": kept / size, "layer_densities": dens})
+        bar.update(j + 1)
+    bar.close()
+    return rows, mask_arrays
+
+
+# ------------------------------------------------------------------------------- pack
+
+
+def load_run(run: str | os.PathLike) -> tuple[FindConfig, Architecture, dict]:
+    """(config, architecture, results) of a finished run directory."""
+    run = Path(run)
+    need = ["config.json", "architecture.json", "train.json", "weights.npz", "results.json", "masks.npz"]
+    missing = [n for n in need if not (run / n).exists()]
+    if missing:
+        raise RunError(f"{run} is not a finished find run (missing {', '.join(missing)}); run `supermask find` "
+                       f"with --out {run} first")
+    try:
+        cfg = FindConfig.from_dict(_read_json(run / "config.json")["config"])
+        arch = Architecture.from_dict(_read_json(run / "architecture.json"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunError(f"{run}/config.json or architecture.json is malformed: {e}") from e
+    return cfg, arch, _read_json(run / "results.json")
+
+
+def pick_row(results: Mapping, criterion: str, keep: float | None, init: str) -> dict | None:
+    """The results row for (criterion, keep, init); ``keep=None`` picks the most accurate keep."""
+    rows = [r for r in results.get("rows", []) if r["criterion"] == criterion and r["init"] == init]
+    if keep is not None:
+        rows = [r for r in rows if math.isclose(r["keep"], keep, rel_tol=0, abs_tol=1e-12)]
+    if not rows:
+        return None
+    # Most accurate; ties to the sparser mask.
+    return max(rows, key=lambda r: (r["correct"], -r["keep"]))
+
+
+def run_masks(run: str | os.PathLike, cfg: FindConfig, arch: Architecture, criterion: str,
+              keep: float) -> dict[str, np.ndarray]:
+    """The run's supermask for (criterion, keep): stored masks when present, else recomputed."""
+    run = Path(run)
+    names = [p for p in arch.params() if p.kind == "weight"]
+    stored = load_npz(run / "masks.npz")
+    keys = [mask_key(criterion, keep, p.name) for p in names]
+    if all(k in stored for k in keys):
+        return {p.name: np.unpackbits(stored[k], count=p.size, bitorder="little").astype(bool).reshape(p.shape)
+                for p, k in zip(names, keys)}
+    w_final = load_npz(run / "weights.npz")
+    w_init = initial_weights(arch, cfg.seed, cfg.init_spec)
+    return compute_masks(cfg, arch, w_init, w_final, criterion, keep)
+
+
+def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str = crit.DEFAULT_CRITERION,
+         keep: float | None = None, init: str = "original", codec: str = "auto"):
+    """Write the ticket of one supermask of a finished run; return the parsed :class:`Ticket`.
+
+    ``keep=None`` takes the keep with the best test accuracy in ``results.json``. The
+    ticket's metadata records the data set and the accuracy ``find`` measured.
+    """
+    from .ticket import write_ticket
+
+    crit.get(criterion)
+    cfg, arch, results = load_run(run)
+    spec = variant_init(cfg, init)
+    row = pick_row(results, criterion, keep, init)
+    if keep is None:
+        if row is None:
+            raise RunError(f"{run} has no results for criterion {criterion!r} with init {init!r}; "
+                           f"give --keep or evaluate that criterion with `supermask find --criteria`")
+        keep = row["keep"]
+    masks = run_masks(run, cfg, arch, criterion, keep)
+    meta = {
+        "dataset": cfg.dataset,
+        "model": cfg.model,
+        "init_variant": init,
+        "selection": cfg.selection,
+        "train_init": cfg.init,
+        "run_hash": cfg.run_hash,
+        "accuracy": row["accuracy"] if row else None,
+        "test_examples": row["total"] if row else None,
+    }
+    return write_ticket(out, arch, cfg.seed, spec, masks, codec=codec, criterion=criterion, keep=keep,
+                        metadata=meta)

@@ -1,0 +1,355 @@
+"""`supermask find` / `supermask pack`: config, run directory, resume, determinism, tickets that
+reproduce the run's accuracy, real-data and conv smoke runs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+
+from supermask import criteria as crit  # noqa: E402
+from supermask import datasets  # noqa: E402
+from supermask import find as F  # noqa: E402
+from supermask.cli import main  # noqa: E402
+from supermask.errors import RunError  # noqa: E402
+from supermask.ticket import read_ticket  # noqa: E402
+
+from helpers import SHARED_DATA, cuda_available  # noqa: E402
+
+FASHION = SHARED_DATA / "fashion-mnist"
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="shared Fashion-MNIST files not present")
+SMALL = dict(model="lenet-300-100", dataset="digits", iterations=150, keeps=(0.5, 0.2, 0.05))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models on a shared 2-core machine run several times faster on one thread.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def run_cli(*args):
+    r = CliRunner().invoke(main, list(map(str, args)), catch_exceptions=False)
+    return r
+
+
+# ------------------------------------------------------------------------------- config
+
+
+def test_config_defaults_follow_the_papers():
+    c = F.FindConfig("lenet-300-100", "fashion-mnist")
+    assert c.lr == 1.2e-3 and c.batch_size == 60 and c.keeps == (0.5, 0.3, 0.2, 0.1, 0.05)
+    assert c.criteria == tuple(crit.CRITERIA) and c.selection == "layerwise"
+    assert F.FindConfig("conv2", "cifar10").lr == 2e-4
+    assert F.FindConfig("conv4", "cifar10").lr == 3e-4 == F.FindConfig("conv6", "cifar10").lr
+
+
+def test_config_hashes_are_pinned_and_split_by_stage():
+    c = F.FindConfig("lenet-300-100", "fashion-mnist")
+    # Pinned: changing the canonical form would silently rename existing runs.
+    assert c.train_hash == "f537f6a1e791597d"
+    assert c.run_hash == "a2a02059f0636ebd"
+    # evaluation-only changes keep the training identity
+    e = F.FindConfig("lenet-300-100", "fashion-mnist", keeps=(0.1,), criteria=("random",))
+    assert e.train_hash == c.train_hash and e.run_hash != c.run_hash
+    assert F.FindConfig("lenet-300-100", "fashion-mnist", seed=1).train_hash != c.train_hash
+    assert F.FindConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(model="resnet"), "choose one of lenet-300-100"),
+    (dict(dataset="svhn"), "choose one of mnist"),
+    (dict(lr=2.0), "learning rate"),
+    (dict(keeps=(0.5, 1.5)), "fraction"),
+    (dict(keeps=()), "empty"),
+    (dict(criteria=("largest",)), "unknown criterion"),
+    (dict(init="kaiming_normal"), "not bit-exact"),
+    (dict(batch_size=0), "positive integer"),
+    (dict(seed=-1), "seed"),
+    (dict(selection="random"), "layerwise, global"),
+])
+def test_config_rejects_bad_values(kwargs, match):
+    base = dict(model="lenet-300-100", dataset="mnist")
+    with pytest.raises(ValueError, match=match):
+        F.FindConfig(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--keep", "0.5,1.5"], "fraction in \\(0, 1\\]"),
+    (["--criteria", "large_final,biggest"], "unknown criterion 'biggest'"),
+    (["--model", "vgg"], "'vgg' is not one of"),
+    (["--device", "tpu"], "'tpu' is not one of"),
+    (["--lr", "0"], "0<x<1"),
+])
+def test_cli_rejects_bad_values(tmp_path, args, match):
+    base = {"--model": "lenet-300-100", "--dataset": "digits", "--out": tmp_path / "r"}
+    for a, v in zip(args[::2], args[1::2]):
+        base[a] = v
+    r = run_cli("find", *[x for kv in base.items() for x in kv])
+    assert r.exit_code == 2, r.output
+    assert re.search(match, r.output), r.output
+
+
+def test_cli_missing_data_is_a_clear_error(tmp_path):
+    r = run_cli("find", "--model", "lenet-300-100", "--dataset", "mnist", "--data-dir", tmp_path,
+                "--out", tmp_path / "r", "-q")
+    assert r.exit_code == 1
+    assert r.output.startswith("Error: dataset 'mnist' (test) not found; looked in: ")
+
+
+# ------------------------------------------------------------------------------- runs
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "digits"
+    r = run_cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--iterations", 150,
+                "--keep", "0.5,0.2,0.05", "--device", "cpu", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "dense trained accuracy" in r.output and "large_final_same_sign" in r.output
+    return out
+
+
+def test_run_directory_layout_and_rows(digits_run):
+    names = {p.name for p in digits_run.iterdir()}
+    assert names == {"config.json", "architecture.json", "weights.npz", "train.json", "masks.npz", "results.json"}
+    res = json.loads((digits_run / "results.json").read_text())
+    rows = res["rows"]
+    assert len(rows) == 1 + len(crit.CRITERIA) * 3 * 2
+    dense = rows[0]
+    assert dense["criterion"] == "dense" and dense["init"] == "trained" and dense["density"] == 1.0
+    assert dense["accuracy"] > 0.8  # 150 steps on 8x8 digits
+    for r in rows:
+        assert {"model", "dataset", "seed", "criterion", "keep", "init", "accuracy", "density",
+                "layer_densities"} <= set(r)
+        assert r["accuracy"] == r["correct"] / r["total"] and r["total"] == 364
+    r = next(r for r in rows if r["criterion"] == "large_final_same_sign" and r["keep"] == 0.2)
+    # hidden layers keep 20 %, the output layer 60 % (half the pruning rate)
+    assert r["layer_densities"]["fc1.weight"] == pytest.approx(0.2, abs=1e-3)
+    assert r["layer_densities"]["fc3.weight"] == pytest.approx(0.6, abs=1e-3)
+    sizes = {"fc1.weight": 64 * 300, "fc2.weight": 300 * 100, "fc3.weight": 100 * 10}
+    kept = sum(r["layer_densities"][n] * s for n, s in sizes.items())
+    assert r["density"] == pytest.approx(kept / sum(sizes.values()))
+    # weights are a plain npz (no pickle) holding every trained tensor
+    with np.load(digits_run / "weights.npz", allow_pickle=False) as z:
+        assert set(z.files) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"}
+        assert z["fc1.weight"].dtype == np.float32
+
+
+def test_training_starts_from_the_generator_weights(digits_run):
+    cfg, arch, _ = F.load_run(digits_run)
+    w0 = F.initial_weights(arch, cfg.seed, cfg.init_spec)
+    wf = F.load_npz(digits_run / "weights.npz")
+    # trained weights moved from the init, but only a little relative to their scale: the
+    # correlation shows which init they came from; a different seed's init does not match.
+    other = F.initial_weights(arch, cfg.seed + 1, cfg.init_spec)
+    c_same = np.corrcoef(w0["fc2.weight"].ravel(), wf["fc2.weight"].ravel())[0, 1]
+    c_other = np.corrcoef(other["fc2.weight"].ravel(), wf["fc2.weight"].ravel())[0, 1]
+    assert c_same > 0.5 and abs(c_other) < 0.1
+    assert not np.array_equal(w0["fc2.weight"], wf["fc2.weight"])
+
+
+def test_rerun_reuses_finished_stages(digits_run):
+    stamps = {p.name: p.stat().st_mtime_ns for p in digits_run.iterdir()}
+    r = run_cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--iterations", 150,
+                "--keep", "0.5,0.2,0.05", "--device", "cpu", "--out", digits_run, "-q")
+    assert r.exit_code == 0, r.output
+    assert {p.name: p.stat().st_mtime_ns for p in digits_run.iterdir()} == stamps
+
+
+def test_interrupted_evaluation_resumes_without_retraining(tmp_path):
+    out = tmp_path / "r"
+    cfg = F.FindConfig(**SMALL, criteria=("large_final_same_sign", "random"))
+    first = F.find(cfg, out, device="cpu", progress=False)
+    train_stamp = (out / "train.json").stat().st_mtime_ns
+    weights = (out / "weights.npz").read_bytes()
+    (out / "results.json").unlink()  # as if killed during evaluation
+    again = F.find(cfg, out, device="cpu", progress=False)
+    assert again == first
+    assert (out / "train.json").stat().st_mtime_ns == train_stamp and (out / "weights.npz").read_bytes() == weights
+    # a new evaluation config reuses the training too
+    more = F.find(F.FindConfig(**{**SMALL, "keeps": (0.3,)}, criteria=("large_final",)), out, device="cpu",
+                  progress=False)
+    assert [r["keep"] for r in more["rows"][1:]] == [0.3, 0.3]
+    assert (out / "train.json").stat().st_mtime_ns == train_stamp
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    # a different training config must not overwrite this run
+    with pytest.raises(RunError, match="different run"):
+        F.find(F.FindConfig(**{**SMALL, "seed": 5}), out, device="cpu", progress=False)
+    r = run_cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--seed", 5, "--out", out, "-q")
+    assert r.exit_code == 1 and r.output.startswith("Error: ") and "different run" in r.output
+
+
+def test_same_seed_gives_byte_identical_results_and_masks(tmp_path, digits_run):
+    out = tmp_path / "again"
+    r = run_cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--iterations", 150,
+                "--keep", "0.5,0.2,0.05", "--device", "cpu", "--out", out, "-q")
+    assert r.exit_code == 0, r.output
+    assert (out / "results.json").read_bytes() == (digits_run / "results.json").read_bytes()
+    a, b = F.load_npz(out / "masks.npz"), F.load_npz(digits_run / "masks.npz")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    wa, wb = F.load_npz(out / "weights.npz"), F.load_npz(digits_run / "weights.npz")
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
+def _ticket_predictions(path: Path, ds) -> np.ndarray:
+    from supermask.models import torch_module as tm
+
+    t = read_ticket(path)
+    net = tm.build(t.architecture, t.weights(verify=True)).eval()
+    return F.predict(net, tm.preprocess(np.array(ds.images), t.architecture))
+
+
+@pytest.mark.parametrize("init", ["original", "signed-constant"])
+def test_packed_ticket_reproduces_the_run_accuracy_exactly(tmp_path, digits_run, init):
+    ticket = tmp_path / "m.smask"
+    r = run_cli("pack", ticket, "--run", digits_run, "--keep", 0.2, "--init", init)
+    assert r.exit_code == 0, r.output
+    assert f"keep 0.2 ({init})" in r.output
+    t = read_ticket(ticket)
+    res = json.loads((digits_run / "results.json").read_text())
+    row = F.pick_row(res, "large_final_same_sign", 0.2, init)
+    assert t.criterion == "large_final_same_sign" and t.keep == 0.2
+    assert t.metadata["dataset"] == "digits" and t.metadata["accuracy"] == row["accuracy"]
+    assert t.init.scheme == ("kaiming_uniform" if init == "original" else "signed_kaiming_constant")
+    # the same predictions on the whole test set as the run's own evaluation
+    cfg, arch, _ = F.load_run(digits_run)
+    ds = datasets.load("digits", "test")
+    masks = F.run_masks(digits_run, cfg, arch, "large_final_same_sign", 0.2)
+    w = F.masked(F.initial_weights(arch, cfg.seed, F.variant_init(cfg, init)), masks)
+    from supermask.models import torch_module as tm
+
+    x = tm.preprocess(np.array(ds.images), arch)
+    correct, pred = F.accuracy(arch, w, x, ds.labels, "cpu")
+    assert correct == row["correct"]
+    np.testing.assert_array_equal(_ticket_predictions(ticket, ds), pred)
+    for name, m in masks.items():
+        np.testing.assert_array_equal(t.masks[name], m)
+
+
+def test_signed_constant_ticket_weights_are_sign_of_init_times_constant(tmp_path, digits_run):
+    F.pack(digits_run, tmp_path / "o.smask", keep=0.5)
+    F.pack(digits_run, tmp_path / "s.smask", keep=0.5, init="signed-constant")
+    o, s = read_ticket(tmp_path / "o.smask"), read_ticket(tmp_path / "s.smask")
+    for name in ("fc1.weight", "fc3.weight"):
+        wo, ws = o.init_weights(name), s.init_weights(name)
+        np.testing.assert_array_equal(np.signbit(wo), np.signbit(ws))
+        assert len(np.unique(np.abs(ws))) == 1
+
+
+def test_pack_defaults_to_the_best_keep_and_checks_the_run(tmp_path, digits_run):
+    res = json.loads((digits_run / "results.json").read_text())
+    best = max((r for r in res["rows"] if r["criterion"] == "large_final_same_sign" and r["init"] == "original"),
+               key=lambda r: r["correct"])
+    t = F.pack(digits_run, tmp_path / "best.smask", codec="entropy")
+    assert t.keep == best["keep"] and {e.codec for e in t.tensors if e.role == "masked"} == {"entropy"}
+    # a keep that was not evaluated is recomputed from the saved weights, without an accuracy
+    t = F.pack(digits_run, tmp_path / "k.smask", keep=0.3, criterion="movement")
+    assert t.metadata["accuracy"] is None and t.keep == 0.3
+    r = run_cli("pack", tmp_path / "x.smask", "--run", tmp_path)
+    assert r.exit_code == 1 and "is not a finished find run" in r.output
+    r = run_cli("pack", tmp_path / "x.smask", "--run", digits_run, "--keep", 2)
+    assert r.exit_code == 2
+
+
+@needs_fashion
+def test_short_fashion_mnist_run(tmp_path):
+    """A few hundred steps on the real data: the supermask effect is already visible."""
+    cfg = F.FindConfig("lenet-300-100", "fashion-mnist", iterations=400, keeps=(0.5, 0.2),
+                       criteria=("large_final_same_sign", "large_final", "random"))
+    res = F.find(cfg, tmp_path / "fm", data_dir=str(SHARED_DATA), device="cpu", progress=False)
+    by = {(r["criterion"], r["init"], r["keep"]): r["accuracy"] for r in res["rows"]}
+    assert res["test_examples"] == 10000
+    assert by["dense", "trained", 1.0] > 0.78
+    for k in (0.5, 0.2):
+        assert by["large_final_same_sign", "original", k] > by["random", "original", k] + 0.2
+    assert max(by["large_final_same_sign", v, k] for v in F.INIT_VARIANTS for k in (0.5, 0.2)) > 0.5
+
+
+@needs_fashion
+@pytest.mark.parametrize("model", ["conv2", "conv4", "conv6"])
+def test_conv_models_train_and_evaluate_end_to_end(tmp_path, model):
+    cfg = F.FindConfig(model, "fashion-mnist", iterations=15, train_limit=600, test_limit=120, keeps=(0.5, 0.1),
+                       criteria=("large_final_same_sign", "random"))
+    res = F.find(cfg, tmp_path / model, data_dir=str(SHARED_DATA), device="cpu", progress=False)
+    rows = res["rows"]
+    assert len(rows) == 1 + 2 * 2 * 2 and all(r["total"] == 120 for r in rows)
+    r = next(r for r in rows if r["criterion"] == "random" and r["keep"] == 0.1)
+    convs = [n for n in r["layer_densities"] if n.startswith("conv")]
+    assert len(convs) == {"conv2": 2, "conv4": 4, "conv6": 6}[model]
+    assert all(r["layer_densities"][n] == pytest.approx(0.1, abs=2e-3) for n in convs)
+    assert r["layer_densities"]["fc3.weight"] == pytest.approx(0.55, abs=2e-3)
+    t = F.pack(tmp_path / model, tmp_path / f"{model}.smask", keep=0.1)
+    assert t.architecture.name == model and t.metadata["accuracy"] == next(
+        x["accuracy"] for x in rows if x["criterion"] == "large_final_same_sign" and x["keep"] == 0.1
+        and x["init"] == "original")
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_fashion_mnist_reproduction_one_seed(tmp_path):
+    """The docs/results.md thresholds for seed 0 with the default settings."""
+    cfg = F.FindConfig("lenet-300-100", "fashion-mnist", seed=0,
+                       criteria=("large_final_same_sign", "large_final", "random"))
+    res = F.find(cfg, tmp_path / "fm", data_dir=str(SHARED_DATA), device="cpu", progress=False)
+    by = {(r["criterion"], r["init"], r["keep"]): r["accuracy"] for r in res["rows"]}
+    assert by["dense", "trained", 1.0] >= 0.88
+    lfss = [by["large_final_same_sign", "original", k] for k in cfg.keeps]
+    assert max(lfss) >= 0.65
+    for k in cfg.keeps:
+        assert by["large_final_same_sign", "original", k] > max(by["large_final", "original", k],
+                                                                 by["random", "original", k])
+    assert max(by["large_final_same_sign", "signed-constant", k] for k in cfg.keeps) >= 0.70
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
+def test_cuda_training_gives_a_ticket_that_regenerates_on_cpu(tmp_path):
+    cfg = F.FindConfig(**SMALL, criteria=("large_final_same_sign",))
+    res = F.find(cfg, tmp_path / "gpu", device="cuda", progress=False)
+    assert json.loads((tmp_path / "gpu" / "train.json").read_text())["device"] == "cuda"
+    t = F.pack(tmp_path / "gpu", tmp_path / "g.smask", keep=0.2)
+    cfg2, arch, _ = F.load_run(tmp_path / "gpu")
+    w0 = F.initial_weights(arch, cfg.seed, cfg.init_spec)
+    masks = F.run_masks(tmp_path / "gpu", cfg2, arch, "large_final_same_sign", 0.2)
+    w = t.weights(verify=True)  # regenerated on the CPU
+    for name, m in masks.items():
+        np.testing.assert_array_equal(w[name], np.where(m, w0[name], np.float32(0)))
+    # and the weights the GPU trained from are those same bits
+    from supermask.torch_rng import generate_torch
+
+    p = arch.param("fc1.weight")
+    g = generate_torch(cfg.seed, p.name, p.shape, "uniform", cfg.init_spec.scale(p.fan_in, p.fan_out), "cuda")
+    np.testing.assert_array_equal(g.cpu().numpy(), w0["fc1.weight"])
+    dense = next(r for r in res["rows"] if r["criterion"] == "dense")
+    assert dense["accuracy"] > 0.8
+
+
+def test_progress_bar_logs_every_tenth_without_a_terminal():
+    import io
+
+    stream = io.StringIO()
+    bar = F.Progress(100, "train", stream=stream)
+    for i in range(1, 101):
+        bar.update(i, loss=0.5)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 11 and lines[-1].startswith("train 100/100 (100 %) loss 0.5000")
+    silent = io.StringIO()
+    F.Progress(10, "x", enabled=False, stream=silent).update(10)
+    assert silent.getvalue() == ""
+
+
+@pytest.mark.skipif(cuda_available(), reason="checks the error without a GPU")
+def test_cuda_without_gpu_is_a_clear_error(tmp_path):
+    r = run_cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--device", "cuda",
+                "--out", tmp_path / "r", "-q")
+    assert r.exit_code == 1 and "--device cuda" in r.output and "no CUDA GPU" in r.output
