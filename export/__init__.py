@@ -1,0 +1,108 @@
+"""Ticket -> self-contained ONNX file (``supermask.export``). Torch-free.
+
+::
+
+    from supermask.export import export_ticket
+    result = export_ticket("model.smask", "model.onnx", fmt="sparse")
+
+The graph is built from the ticket's architecture description (see
+:mod:`supermask.export.graph`), includes the input preprocessing, takes raw pixel values
+``input`` float32 ``[N, *input_shape]`` and returns ``logits`` ``[N, classes]``. Every
+written model passes ``onnx.checker``; the class names travel in the model's metadata
+(``supermask.classes``, a JSON list).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SupermaskError
+from ..ticket import Ticket, read_ticket
+from .graph import INPUT_NAME, IR_VERSION, MAX_PROTO_BYTES, OPSET, OUTPUT_NAME, STORAGE, build_model
+
+FORMATS = ("dense", "sparse")
+
+__all__ = ["export_ticket", "ticket_model", "ExportResult", "build_model", "FORMATS", "STORAGE",
+           "IR_VERSION", "OPSET", "INPUT_NAME", "OUTPUT_NAME"]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_ticket` wrote."""
+
+    path: str
+    format: str
+    file_bytes: int
+    ticket_bytes: int
+    sparse_tensors: tuple[str, ...]
+    dense_tensors: tuple[str, ...]
+    ir_version: int
+    opset: int
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path, "format": self.format, "file_bytes": self.file_bytes,
+            "ticket_bytes": self.ticket_bytes, "sparse_tensors": list(self.sparse_tensors),
+            "dense_tensors": list(self.dense_tensors), "ir_version": self.ir_version, "opset": self.opset,
+        }
+
+
+def _as_ticket(ticket: Ticket | str | os.PathLike) -> Ticket:
+    return ticket if isinstance(ticket, Ticket) else read_ticket(ticket)
+
+
+def ticket_model(ticket: Ticket | str | os.PathLike, fmt: str = "dense"):
+    """The ONNX ``ModelProto`` of a ticket, self-contained, with weights stored as ``fmt``."""
+    if fmt not in FORMATS:
+        raise SupermaskError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    t = _as_ticket(ticket)
+    meta = {"supermask.ticket_sha256": t.sha256, "supermask.seed": str(t.seed),
+            "supermask.init": t.init.scheme}
+    if t.criterion:
+        meta["supermask.criterion"] = t.criterion
+    if t.keep is not None:
+        meta["supermask.keep"] = repr(t.keep)
+    return build_model(t.architecture, t.weights(), storage=fmt, metadata=meta)
+
+
+def export_ticket(ticket: Ticket | str | os.PathLike, out: str | os.PathLike, fmt: str = "dense",
+                  *, check: bool = True) -> ExportResult:
+    """Write the ONNX model of ``ticket`` to ``out`` (atomically) and describe what was written.
+
+    ``fmt`` is ``dense`` (plain initializers) or ``sparse`` (per tensor the smaller of a dense
+    and a sparse initializer). With ``check`` the model goes through ``onnx.checker`` first.
+    """
+    import onnx
+
+    from ..atomic import atomic_write
+
+    out = Path(out)
+    if not isinstance(ticket, Ticket) and out.exists() and out.resolve() == Path(ticket).resolve():
+        raise SupermaskError(f"the output {out} is the ticket itself; choose another file name")
+    t = _as_ticket(ticket)
+    model = ticket_model(t, fmt)
+    size = model.ByteSize()
+    if size > MAX_PROTO_BYTES:
+        raise SupermaskError(
+            f"the {fmt} ONNX model would be {size:,} bytes, above protobuf's 2 GiB limit"
+            + ("; try --format sparse" if fmt == "dense" else ""))
+    if check:
+        try:
+            # Shape inference does not understand sparse initializers, so the full check (which
+            # runs it) is for dense models only.
+            onnx.checker.check_model(model, full_check=(fmt == "dense"))
+        except onnx.checker.ValidationError as e:  # a bug here, not a user error, but say so clearly
+            raise SupermaskError(f"the exported model failed onnx.checker: {str(e)[:300]}") from None
+    if out.is_dir():
+        raise SupermaskError(f"{out} is a folder; give a file name such as {out / 'model.onnx'}")
+    if not out.parent.exists():
+        raise SupermaskError(f"folder {out.parent} does not exist")
+    atomic_write(out, model.SerializeToString())
+    return ExportResult(
+        path=str(out), format=fmt, file_bytes=out.stat().st_size, ticket_bytes=t.file_bytes,
+        sparse_tensors=tuple(s.values.name for s in model.graph.sparse_initializer),
+        dense_tensors=tuple(i.name for i in model.graph.initializer if not i.name.startswith("preprocess_")),
+        ir_version=model.ir_version, opset=OPSET,
+    )

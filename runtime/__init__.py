@@ -1,0 +1,45 @@
+"""Run a ticket with onnxruntime (``supermask.runtime``). Never imports torch.
+
+Needs numpy, onnx (to build the graph) and onnxruntime, CPU or GPU build::
+
+    import supermask.runtime as smr
+
+    model = smr.load("model.smask")          # device="auto": CUDA if usable, else CPU
+    model.provider                           # the provider really in use
+    model.note                               # why CUDA was not used, or None
+    model.predict(images)                    # (N,) class indices; uint8 or float input
+    model.logits(images)                     # (N, classes) float32
+    [model.classes[i] for i in model.predict(images)]
+    model.evaluate(images, labels).accuracy
+
+``load`` reads the ticket, regenerates and masks the weights, builds the ONNX graph from the
+ticket's architecture description (preprocessing included) and opens a session. Devices:
+
+* ``auto`` (default): providers CUDA then CPU. onnxruntime-gpu falls back to the CPU
+  silently when it cannot start CUDA, so the provider is read back from the session and a
+  fallback is recorded in ``model.note`` (and logged).
+* ``cuda``: strict; raises :class:`~supermask.errors.RuntimeUnavailableError` when CUDA is
+  not available instead of running on the CPU.
+* ``cpu``: the CPU provider only.
+"""
+
+from __future__ import annotations
+
+from .inputs import read_input, to_batch
+from .model import (
+    CPU,
+    CUDA,
+    DEFAULT_BATCH_SIZE,
+    DEVICES,
+    Evaluation,
+    Model,
+    available_providers,
+    cuda_available,
+    load,
+    make_session,
+)
+
+__all__ = [
+    "load", "Model", "Evaluation", "DEVICES", "CPU", "CUDA", "DEFAULT_BATCH_SIZE",
+    "available_providers", "cuda_available", "make_session", "read_input", "to_batch",
+]

@@ -1,0 +1,294 @@
+"""Ticket -> weights -> onnxruntime session. Must never import torch.
+
+See :mod:`supermask.runtime` for the public API and the provider rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+import numpy as np
+
+from .. import rng
+from ..errors import InputError, RuntimeUnavailableError, SupermaskError
+from ..ticket import Ticket, read_ticket
+from .inputs import to_batch
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+#: Accepted values of ``device``: ``auto`` tries CUDA and falls back to the CPU (with a note),
+#: ``cuda`` insists on CUDA and raises when it cannot have it, ``cpu`` never touches a GPU.
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_BATCH_SIZE = 256
+
+
+def onnxruntime_distributions() -> list[str]:
+    """Installed distributions that provide the ``onnxruntime`` module."""
+    from importlib import metadata
+
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(dist)
+    return found
+
+
+_WARNED_BOTH = False
+
+
+def _ort():
+    global _WARNED_BOTH
+    try:
+        import onnxruntime
+    except ImportError:
+        raise RuntimeUnavailableError(
+            "onnxruntime is not installed; install the runtime with `pip install supermask[cpu]` "
+            "(or `supermask[gpu]` on a CUDA machine)") from None
+    if not _WARNED_BOTH and len(onnxruntime_distributions()) > 1:
+        _WARNED_BOTH = True
+        log.warning("both onnxruntime and onnxruntime-gpu are installed; they overwrite each other's "
+                    "`onnxruntime` module. Keep one: `pip uninstall -y onnxruntime onnxruntime-gpu` "
+                    "then `pip install supermask[gpu]` (or [cpu])")
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    """The execution providers the installed onnxruntime build offers."""
+    return list(_ort().get_available_providers())
+
+
+def cuda_available() -> bool:
+    """True when the onnxruntime build has the CUDA provider (a GPU may still be missing;
+    only a session shows that: see :attr:`Model.provider`)."""
+    return CUDA in available_providers()
+
+
+def _cuda_missing_message(ort) -> str:
+    return (f"CUDA was requested but onnxruntime {ort.__version__} has no CUDA provider "
+            f"(available: {', '.join(ort.get_available_providers())}); install supermask[gpu] "
+            "(onnxruntime-gpu) on a machine with an NVIDIA GPU, or use --device auto or cpu")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy of a model on a labelled set, with the provider that computed it and timing."""
+
+    accuracy: float
+    correct: int
+    num_examples: int
+    provider: str
+    seconds: float
+    batch_size: int
+    io_binding: bool
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.num_examples / self.seconds if self.seconds > 0 else float("inf")
+
+    def to_dict(self) -> dict:
+        return {"accuracy": self.accuracy, "correct": self.correct, "num_examples": self.num_examples,
+                "provider": self.provider, "seconds": self.seconds, "batch_size": self.batch_size,
+                "examples_per_second": self.examples_per_second, "io_binding": self.io_binding}
+
+
+class Model:
+    """A ticket ready for inference: an onnxruntime session over its regenerated, masked weights.
+
+    Create it with :func:`load`. ``provider`` is the execution provider the session really
+    uses (onnxruntime-gpu falls back to the CPU silently, so this is read back from the
+    session); ``note`` says why CUDA was not used when ``device="auto"`` wanted it.
+    """
+
+    def __init__(self, ticket: Ticket, session, buffers: object, device: str, note: str | None):
+        self.ticket = ticket
+        self.session = session
+        self.device = device
+        self.note = note
+        # The session reads the weight arrays in place (external initializers): keep them alive.
+        self._buffers = buffers
+        self._input = session.get_inputs()[0].name
+        self._output = session.get_outputs()[0].name
+
+    @property
+    def architecture(self):
+        return self.ticket.architecture
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.ticket.architecture.classes
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.ticket.architecture.input_shape)
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    @property
+    def provider(self) -> str:
+        return self.providers[0]
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Logits (N, classes) float32 for raw inputs ``x``: (N, *input_shape) or one example
+        of shape ``input_shape``; any integer or float dtype (uint8 pixels are typical)."""
+        batch = to_batch(x, self.input_shape)
+        return self.session.run([self._output], {self._input: batch})[0]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predicted class indices (N,) int64 for raw inputs ``x`` (see :meth:`logits`)."""
+        return self.logits(x).argmax(axis=1)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (N, classes) float32 for raw inputs ``x``."""
+        z = self.logits(x)
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
+                 io_binding: bool | None = None) -> Evaluation:
+        """Accuracy on ``images`` (N, *input_shape) with integer ``labels`` (N,).
+
+        With IO binding (the default on CUDA; ``io_binding=True`` forces it elsewhere) each batch
+        is copied to the device once and the logits are read back from device memory.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
+        images = np.asarray(images)
+        labels = np.asarray(labels)
+        if images.ndim != len(self.input_shape) + 1 or tuple(images.shape[1:]) != self.input_shape:
+            raise InputError(f"images have shape {images.shape}; this model expects (N, "
+                             f"{', '.join(map(str, self.input_shape))})")
+        if labels.shape != (images.shape[0],) or labels.dtype.kind not in "iu":
+            raise InputError(f"labels must be {images.shape[0]} integers, "
+                             f"got shape {labels.shape} dtype {labels.dtype}")
+        if labels.size and (labels.min() < 0 or labels.max() >= len(self.classes)):
+            raise InputError(f"labels must be in [0, {len(self.classes)}); found {labels.min()}..{labels.max()}")
+        use_binding = self.provider == CUDA if io_binding is None else bool(io_binding)
+        out_device = "cuda" if self.provider == CUDA else "cpu"
+        correct = 0
+        start = time.perf_counter()
+        if use_binding:
+            binding = self.session.io_binding()
+        for a in range(0, images.shape[0], batch_size):
+            batch = to_batch(images[a:a + batch_size], self.input_shape)
+            if use_binding:
+                binding.clear_binding_inputs()
+                binding.clear_binding_outputs()
+                binding.bind_cpu_input(self._input, batch)
+                binding.bind_output(self._output, out_device)
+                self.session.run_with_iobinding(binding)
+                z = binding.copy_outputs_to_cpu()[0]
+            else:
+                z = self.session.run([self._output], {self._input: batch})[0]
+            correct += int(np.count_nonzero(z.argmax(axis=1) == labels[a:a + batch_size]))
+        seconds = time.perf_counter() - start
+        n = int(images.shape[0])
+        accuracy = correct / n if n else float("nan")
+        return Evaluation(accuracy, correct, n, self.provider, seconds, batch_size, use_binding)
+
+    def __repr__(self) -> str:
+        return (f"Model({self.architecture.name!r}, {len(self.classes)} classes, "
+                f"input {self.input_shape}, provider {self.provider})")
+
+
+def _session_options(ort, threads: int | None):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only: supermask reports the provider itself
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    return so
+
+
+def _providers_for(device: str, ort) -> tuple[list, str | None]:
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU], None
+    if device == "cuda":
+        if CUDA not in available:
+            raise RuntimeUnavailableError(_cuda_missing_message(ort))
+        return [CUDA, CPU], None
+    if CUDA in available:
+        return [CUDA, CPU], None
+    return [CPU], f"CUDA not available (onnxruntime {ort.__version__} build has no CUDA provider); running on the CPU"
+
+
+def make_session(arch, weights: dict[str, np.ndarray], device: str = "auto", threads: int | None = None):
+    """An onnxruntime session for ``arch`` with ``weights``: (session, note, buffers).
+
+    The weights go to onnxruntime as external initializers where the installed version
+    supports that (no serialisation of the weights); otherwise they are embedded. The
+    session reads the returned ``buffers`` in place: keep them alive as long as the session.
+    """
+    from ..export.graph import build_model
+
+    if device not in DEVICES:
+        raise SupermaskError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    ort = _ort()
+    providers, note = _providers_for(device, ort)
+    so = _session_options(ort, threads)
+    if hasattr(so, "add_external_initializers"):
+        model = build_model(arch, storage="external")
+        names = [p.name for p in arch.params()]
+        keep = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[n], dtype=np.float32)) for n in names]
+        so.add_external_initializers(names, keep)
+    else:  # onnxruntime too old for in-memory external data
+        model, keep = build_model(arch, weights, storage="dense"), []
+    try:
+        with warnings.catch_warnings():
+            # onnxruntime warns on stderr when it drops a provider; the fallback is reported below.
+            warnings.simplefilter("ignore")
+            session = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types; report them plainly
+        raise RuntimeUnavailableError(f"onnxruntime could not create a session on {providers[0]}: "
+                                      f"{str(e).splitlines()[0][:300]}") from None
+    used = session.get_providers()
+    if CUDA in providers and CUDA not in used:
+        why = "the CUDA provider could not start (no GPU, driver or CUDA libraries)"
+        if device == "cuda":
+            raise RuntimeUnavailableError(f"CUDA was requested but {why}; use --device auto or cpu")
+        note = f"{why}; running on the CPU"
+    if note:
+        log.info(note)
+    return session, note, keep
+
+
+def masked_weights(ticket: Ticket, verify: bool = True) -> dict[str, np.ndarray]:
+    """The same float32 arrays as :meth:`Ticket.weights`, masked with one multiply per tensor
+    (several times faster than boolean indexing on large tensors)."""
+    out: dict[str, np.ndarray] = {}
+    for t in ticket.tensors:
+        w = ticket.init_weights(t.name)
+        if verify and t.role != "zero":
+            rng.verify(w, t.distribution, t.fingerprint, t.name)
+        if t.role == "masked":
+            np.multiply(w, ticket.masks[t.name], out=w)
+            w += np.float32(0.0)  # -0.0 (negative weight times 0) -> +0.0, as Ticket.weights gives
+        out[t.name] = w
+    return out
+
+
+def load(source: Ticket | str | os.PathLike, device: str = "auto", *, threads: int | None = None,
+         verify: bool = True) -> Model:
+    """Read a ticket, regenerate and mask its weights, and open an onnxruntime session.
+
+    ``device``: ``auto`` (CUDA when onnxruntime can use it, else the CPU with a note in
+    :attr:`Model.note`), ``cuda`` (raise :class:`RuntimeUnavailableError` without CUDA) or
+    ``cpu``. ``threads`` caps onnxruntime's intra-op threads. ``verify`` checks the
+    regenerated weights against the fingerprints in the ticket.
+    """
+    if device not in DEVICES:
+        raise SupermaskError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    ticket = source if isinstance(source, Ticket) else read_ticket(source)
+    weights = masked_weights(ticket, verify=verify)
+    session, note, buffers = make_session(ticket.architecture, weights, device, threads)
+    return Model(ticket, session, (weights, buffers), device, note)
+

@@ -1,0 +1,101 @@
+"""The work behind ``supermask eval`` and ``supermask predict``, as library calls that return
+JSON-ready dicts. Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InputError, SupermaskError
+from .inputs import read_input
+from .model import DEFAULT_BATCH_SIZE, load
+
+
+def evaluate_dataset(
+    ticket: str | os.PathLike,
+    dataset: str,
+    *,
+    split: str = "test",
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    device: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    limit: int | None = None,
+) -> dict:
+    """Test accuracy of a ticket on a named data set, computed by onnxruntime.
+
+    Returns ``accuracy``, ``correct``, ``num_examples``, ``provider``, ``providers``,
+    ``note`` (why CUDA was not used, or null), timings in seconds (``load_seconds``: ticket
+    to ready session; ``seconds``: inference over the whole set), ``examples_per_second``,
+    and ``ticket_accuracy`` / ``ticket_dataset`` / ``ticket_test_examples``: what ``find``
+    measured for this mask, as recorded in the ticket's metadata (null when absent).
+    """
+    from .. import datasets
+    from ..export import graph  # noqa: F401  (imports onnx, so that load_seconds excludes it)
+    from .model import _ort
+
+    _ort()
+    t0 = time.perf_counter()
+    model = load(ticket, device)
+    load_seconds = time.perf_counter() - t0
+    ds = datasets.load(dataset, split, data_dir=data_dir, download=download)
+    arch = model.architecture
+    shape = tuple(ds.images.shape[1:])
+    if shape != model.input_shape:
+        raise SupermaskError(f"data set {ds.name} has inputs of shape {shape}; the ticket's model "
+                             f"({arch.name}) expects {model.input_shape}")
+    if len(ds.classes) != arch.num_classes:
+        raise SupermaskError(f"data set {ds.name} has {len(ds.classes)} classes; "
+                             f"the ticket's model has {arch.num_classes}")
+    images, labels = ds.images, ds.labels
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    result = model.evaluate(images, labels, batch_size=batch_size)
+    out = {"ticket": str(ticket), "dataset": ds.name, "split": split}
+    out.update(result.to_dict())
+    meta = model.ticket.metadata
+    out.update(providers=model.providers, device=device, note=model.note, load_seconds=load_seconds,
+               ticket_sha256=model.ticket.sha256,
+               # what `find` measured for this mask, as `pack` recorded it (null when unknown)
+               ticket_accuracy=meta.get("accuracy"), ticket_dataset=meta.get("dataset"),
+               ticket_test_examples=meta.get("test_examples"))
+    return out
+
+
+def predict_files(
+    ticket: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    *,
+    device: str = "auto",
+    top_k: int = 1,
+) -> dict:
+    """Class predictions for ``.npy`` arrays and image files.
+
+    A ``.npy`` file holds one example (``input_shape``) or a batch (N, ``input_shape``); an
+    image is one example. Returns ``predictions``: one row per example with ``input``,
+    ``index`` (position in its file), ``class`` (index), ``label`` (class name),
+    ``probability`` (softmax) and ``top`` (the ``top_k`` best as [label, probability]).
+    """
+    if not inputs:
+        raise InputError("no inputs given")
+    model = load(ticket, device)
+    batches = [(str(p), read_input(p, model.input_shape)) for p in inputs]  # read all first: fail early
+    k = max(1, min(int(top_k), len(model.classes)))
+    rows = []
+    for path, batch in batches:
+        probs = np.concatenate([model.predict_proba(batch[a:a + DEFAULT_BATCH_SIZE])
+                                for a in range(0, batch.shape[0], DEFAULT_BATCH_SIZE)] or [np.zeros((0, 1))])
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        for i in range(batch.shape[0]):
+            c = int(order[i, 0])
+            rows.append({
+                "input": path, "index": i, "class": c, "label": model.classes[c],
+                "probability": float(probs[i, c]),
+                "top": [[model.classes[int(j)], float(probs[i, j])] for j in order[i]],
+            })
+    return {"ticket": str(ticket), "provider": model.provider, "providers": model.providers,
+            "note": model.note, "predictions": rows}

@@ -1,0 +1,103 @@
+"""Deployment commands: ``export``, ``eval``, ``predict``. Torch-free.
+
+Each command validates its options with click, then calls one function of
+:mod:`supermask.export` or :mod:`supermask.runtime`; onnx and onnxruntime are imported inside
+the commands, so ``supermask --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import click
+
+_DEVICE = click.Choice(["auto", "cpu", "cuda"])
+_DEVICE_HELP = ("auto: CUDA when onnxruntime can use it, else the CPU (with a note); "
+                "cuda: fail unless CUDA is used; cpu: CPU only.")
+
+
+def _note(result: dict) -> None:
+    if result.get("note"):
+        click.echo(f"note: {result['note']}", err=True)
+
+
+@click.command()
+@click.argument("ticket", type=click.Path(dir_okay=False, path_type=str))
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="The ONNX file to write.")
+@click.option("--format", "fmt", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
+              help="dense: plain initializers; sparse: each weight tensor stored as values + int64 "
+                   "indices when that is smaller.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def export(ticket: str, output: str, fmt: str, as_json: bool) -> None:
+    """Write a self-contained ONNX model of TICKET (input: raw pixels, output: logits)."""
+    from .export import export_ticket
+
+    r = export_ticket(ticket, output, fmt)
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=2))
+    else:
+        click.echo(f"wrote {r.path}: {r.file_bytes:,} bytes ({fmt}; ticket {r.ticket_bytes:,} bytes), "
+                   f"{len(r.sparse_tensors)} sparse and {len(r.dense_tensors)} dense weight tensors, "
+                   f"ONNX IR {r.ir_version}, opset {r.opset}")
+
+
+@click.command("eval")
+@click.argument("ticket", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--dataset", required=True, help="Data set name (e.g. mnist, fashion-mnist, cifar10).")
+@click.option("--split", default="test", show_default=True, help="Which split to evaluate.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Folder holding the data set files.")
+@click.option("--download", is_flag=True, help="Download the data set if it is not in --data-dir.")
+@click.option("--device", type=_DEVICE, default="auto", show_default=True, help=_DEVICE_HELP)
+@click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N examples.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def eval_(ticket: str, dataset: str, split: str, data_dir: str | None, download: bool, device: str,
+          batch_size: int, limit: int | None, as_json: bool) -> None:
+    """Test accuracy of TICKET on a data set, computed with onnxruntime."""
+    from .runtime.tasks import evaluate_dataset
+
+    r = evaluate_dataset(ticket, dataset, split=split, data_dir=data_dir, download=download, device=device,
+                         batch_size=batch_size, limit=limit)
+    _note(r)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    click.echo(f"accuracy    {100 * r['accuracy']:.2f} %  ({r['correct']:,} / {r['num_examples']:,})"
+               f"  {r['dataset']} {r['split']}")
+    if r["ticket_accuracy"] is not None:
+        click.echo(f"recorded    {100 * r['ticket_accuracy']:.2f} %  by find on {r['ticket_dataset']} "
+                   f"({r['ticket_test_examples']} examples), stored in the ticket")
+    click.echo(f"provider    {r['provider']}" + ("  (IO binding)" if r["io_binding"] else ""))
+    click.echo(f"time        {r['seconds']:.3f} s inference ({r['examples_per_second']:,.0f} examples/s, "
+               f"batch {r['batch_size']}), {1000 * r['load_seconds']:.1f} ms ticket -> session")
+
+
+@click.command()
+@click.argument("ticket", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--device", type=_DEVICE, default="auto", show_default=True, help=_DEVICE_HELP)
+@click.option("--top-k", type=click.IntRange(1), default=1, show_default=True,
+              help="Also list the K most likely classes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
+def predict(ticket: str, inputs: tuple[str, ...], device: str, top_k: int, as_json: bool) -> None:
+    """Predict classes for INPUTS: .npy arrays (one example or a batch) and image files."""
+    from .runtime.tasks import predict_files
+
+    r = predict_files(ticket, list(inputs), device=device, top_k=top_k)
+    _note(r)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    per_file = collections.Counter(row["input"] for row in r["predictions"])
+    for row in r["predictions"]:
+        where = row["input"] + (f"[{row['index']}]" if per_file[row["input"]] > 1 else "")
+        line = f"{where}\t{row['label']}\t(class {row['class']}, p={row['probability']:.3f})"
+        if top_k > 1:
+            line += "\t" + ", ".join(f"{lab} {p:.3f}" for lab, p in row["top"][1:])
+        click.echo(line)
+
+
+COMMANDS = [export, eval_, predict]

@@ -1,0 +1,247 @@
+"""`supermask export`, `eval` and `predict` through click's CliRunner: outputs, JSON fields,
+and a one-line `Error:` with exit status 1 for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+import supermask.runtime as smr
+from supermask.cli import main
+
+from deploy_helpers import FASHION_CLASSES, fashion_test, make_ticket
+from test_runtime_inputs import encode_png
+
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_error(r, *fragments):
+    assert r.exit_code == 1, r.output
+    lines = r.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("Error: "), r.output
+    for f in fragments:
+        assert f in lines[-1], lines[-1]
+    assert "Traceback" not in r.output
+
+
+@pytest.fixture
+def ticket(tmp_path):
+    return make_ticket(tmp_path / "model.smask", density=0.2, seed=9)[0]
+
+
+@pytest.fixture
+def bad_tickets(tmp_path, ticket):
+    junk = tmp_path / "junk.smask"
+    junk.write_bytes(b"PK\x03\x04 a zip file, not a ticket" * 3)
+    data = bytearray(ticket.read_bytes())
+    data[100] ^= 0x01
+    corrupt = tmp_path / "corrupt.smask"
+    corrupt.write_bytes(bytes(data))
+    truncated = tmp_path / "truncated.smask"
+    truncated.write_bytes(ticket.read_bytes()[:200])
+    return {"junk": (junk, "not a supermask ticket"), "corrupt": (corrupt, "checksum mismatch"),
+            "truncated": (truncated, "truncated"), "missing": (tmp_path / "nope.smask", "no such file")}
+
+
+# --------------------------------------------------------------------------------- export
+
+
+@pytest.mark.parametrize("fmt", ["dense", "sparse"])
+def test_export(tmp_path, ticket, fmt):
+    out = tmp_path / f"m-{fmt}.onnx"
+    r = invoke("export", ticket, "-o", out, "--format", fmt, "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["format"] == fmt and info["file_bytes"] == out.stat().st_size
+    assert info["ticket_bytes"] == ticket.stat().st_size and info["ir_version"] == 8
+    onnx.checker.check_model(onnx.load(str(out)))
+    x = fashion_test()[0][:16]
+    s = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = s.run(None, {"input": x.astype(np.float32)})[0]
+    np.testing.assert_array_equal(got, smr.load(ticket, device="cpu").logits(x))
+    if fmt == "sparse":
+        assert len(info["sparse_tensors"]) == 6 and info["dense_tensors"] == []
+
+
+def test_export_text_output(tmp_path, ticket):
+    r = invoke("export", ticket, "-o", tmp_path / "m.onnx", "--format", "sparse")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith(f"wrote {tmp_path / 'm.onnx'}:") and "6 sparse and 0 dense" in r.stdout
+
+
+@pytest.mark.parametrize("kind", ["junk", "corrupt", "truncated", "missing"])
+def test_export_bad_tickets(tmp_path, bad_tickets, kind):
+    path, msg = bad_tickets[kind]
+    r = invoke("export", path, "-o", tmp_path / "x.onnx")
+    assert_error(r, msg)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_usage_errors(tmp_path, ticket):
+    assert invoke("export", ticket, "-o", tmp_path / "x.onnx", "--format", "zip").exit_code == 2
+    assert invoke("export", ticket).exit_code == 2  # -o is required
+    assert_error(invoke("export", ticket, "-o", tmp_path / "no" / "x.onnx"), "does not exist")
+    before = ticket.read_bytes()
+    assert_error(invoke("export", ticket, "-o", ticket), "is the ticket itself")
+    assert ticket.read_bytes() == before
+
+
+# -------------------------------------------------------------------------------- predict
+
+
+def test_predict_npy_and_images(tmp_path, ticket):
+    images, _ = fashion_test()
+    x = images[:5]
+    np.save(tmp_path / "batch.npy", x)
+    np.save(tmp_path / "one.npy", x[0, 0].astype(np.float32))  # one example, no channel axis
+    (tmp_path / "img.png").write_bytes(encode_png(x[1, 0]))
+    (tmp_path / "img.pgm").write_bytes(b"P5 28 28 255\n" + x[2, 0].tobytes())
+    want = smr.load(ticket, device="cpu").predict(x).tolist()
+    r = invoke("predict", "--json", "--device", "cpu", "--top-k", "3", ticket, tmp_path / "batch.npy",
+               tmp_path / "one.npy", tmp_path / "img.png", tmp_path / "img.pgm")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    rows = out["predictions"]
+    assert out["provider"] == "CPUExecutionProvider" and out["note"] is None
+    assert [row["class"] for row in rows] == want + [want[0], want[1], want[2]]
+    assert [row["index"] for row in rows] == [0, 1, 2, 3, 4, 0, 0, 0]
+    for row in rows:
+        assert row["label"] == FASHION_CLASSES[row["class"]]
+        assert 0 < row["probability"] <= 1 and len(row["top"]) == 3
+        assert row["top"][0] == [row["label"], row["probability"]]
+        assert row["top"][1][1] <= row["top"][0][1]
+
+
+def test_predict_text_output(tmp_path, ticket):
+    x = fashion_test()[0][:2]
+    np.save(tmp_path / "b.npy", x)
+    (tmp_path / "a.png").write_bytes(encode_png(x[0, 0]))
+    want = smr.load(ticket, device="cpu").predict(x)
+    r = invoke("predict", "--device", "cpu", ticket, tmp_path / "b.npy", tmp_path / "a.png")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith(f"{tmp_path / 'b.npy'}[0]\t{FASHION_CLASSES[want[0]]}\t(class {want[0]}, p=")
+    assert lines[1].startswith(f"{tmp_path / 'b.npy'}[1]\t{FASHION_CLASSES[want[1]]}")
+    assert lines[2].startswith(f"{tmp_path / 'a.png'}\t{FASHION_CLASSES[want[0]]}")
+
+
+def test_predict_bad_inputs(tmp_path, ticket):
+    np.save(tmp_path / "shape.npy", np.zeros((2, 3, 28, 28), np.uint8))
+    assert_error(invoke("predict", ticket, tmp_path / "shape.npy"), "shape.npy", "input has shape (2, 3, 28, 28)")
+    np.save(tmp_path / "str.npy", np.array(["a", "b"]))
+    assert_error(invoke("predict", ticket, tmp_path / "str.npy"), "dtype")
+    np.save(tmp_path / "obj.npy", np.array([None], dtype=object), allow_pickle=True)
+    assert_error(invoke("predict", ticket, tmp_path / "obj.npy"), "not a readable .npy")
+    assert_error(invoke("predict", ticket, tmp_path / "missing.npy"), "no such file")
+    (tmp_path / "big.png").write_bytes(encode_png(np.zeros((32, 32), np.uint8)))
+    assert_error(invoke("predict", ticket, tmp_path / "big.png"), "resize")
+    (tmp_path / "a.txt").write_text("hello")
+    assert_error(invoke("predict", ticket, tmp_path / "a.txt"), "unknown input type")
+    assert invoke("predict", ticket).exit_code == 2  # no inputs: usage error
+
+
+@pytest.mark.parametrize("kind", ["junk", "corrupt", "truncated", "missing"])
+def test_predict_bad_tickets(tmp_path, bad_tickets, kind):
+    np.save(tmp_path / "x.npy", np.zeros((1, 28, 28), np.uint8))
+    path, msg = bad_tickets[kind]
+    assert_error(invoke("predict", path, tmp_path / "x.npy"), msg)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has the CUDA provider; the GPU tests cover it")
+def test_device_cuda_without_cuda_fails_and_auto_notes_the_fallback(tmp_path, ticket):
+    np.save(tmp_path / "x.npy", np.zeros((1, 28, 28), np.uint8))
+    r = invoke("predict", "--device", "cuda", ticket, tmp_path / "x.npy")
+    assert_error(r, "CUDA was requested")
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = invoke("predict", "--json", ticket, tmp_path / "x.npy")  # auto
+    assert r.exit_code == 0, r.output
+    assert r.stderr.startswith("note: CUDA not available")
+    assert json.loads(r.stdout)["provider"] == "CPUExecutionProvider"
+
+
+# ----------------------------------------------------------------------------------- eval
+
+
+def test_eval_fashion_mnist_matches_torch_accuracy(ticket):
+    from deploy_helpers import torch_logits
+
+    from supermask import read_ticket
+    from helpers import SHARED_DATA
+
+    r = invoke("eval", ticket, "--dataset", "fashion-mnist", "--data-dir", SHARED_DATA, "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    images, labels = fashion_test()
+    want = int((torch_logits(read_ticket(ticket), images).argmax(axis=1) == labels).sum())
+    assert out["num_examples"] == 10_000 and out["correct"] == want
+    assert out["accuracy"] == want / 10_000
+    assert out["provider"] == "CPUExecutionProvider" and out["providers"] == ["CPUExecutionProvider"]
+    assert out["dataset"] == "fashion-mnist" and out["split"] == "test" and out["note"] is None
+    assert out["seconds"] > 0 and out["load_seconds"] > 0 and out["io_binding"] is False
+    assert out["ticket_accuracy"] is None  # a hand-made ticket has no accuracy recorded by find
+
+
+def test_eval_text_output_and_limit(ticket):
+    from helpers import SHARED_DATA
+
+    r = invoke("eval", ticket, "--dataset", "fashion-mnist", "--data-dir", SHARED_DATA, "--device", "cpu",
+               "--limit", "500", "--batch-size", "64")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("accuracy ") and "/ 500)  fashion-mnist test" in lines[0]
+    assert lines[1] == "provider    CPUExecutionProvider"
+    assert "batch 64" in lines[2] and "ticket -> session" in lines[2]
+
+
+@pytest.mark.parametrize("model", ["lenet-300-100", "conv2"])
+@pytest.mark.parametrize("variant", ["original", "signed-constant"])
+def test_eval_accuracy_equals_what_find_reported(tmp_path, model, variant):
+    # find (torch) measures each mask's test accuracy; pack records it in the ticket; eval
+    # (onnxruntime, no torch) must get the same number on the same test set.
+    pytest.importorskip("torch")
+    from supermask.find import FindConfig, find, pack
+
+    cfg = FindConfig(model=model, dataset="digits", epochs=3, lr=1e-3, criteria=("large_final_same_sign",),
+                     keeps=(0.3,))
+    res = find(cfg, tmp_path / "run", progress=False, device="cpu")
+    row = next(r for r in res["rows"] if r["init"] == variant and r["criterion"] == "large_final_same_sign")
+    pack(tmp_path / "run", tmp_path / "t.smask", criterion="large_final_same_sign", keep=0.3, init=variant)
+    r = invoke("eval", tmp_path / "t.smask", "--dataset", "digits", "--device", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["num_examples"] == row["total"] == 364
+    assert out["correct"] == row["correct"] and out["accuracy"] == row["accuracy"]
+    assert out["ticket_accuracy"] == row["accuracy"] and out["ticket_dataset"] == "digits"
+    assert row["accuracy"] > 0.3  # a real mask, not chance
+
+
+def test_eval_errors(tmp_path, ticket, bad_tickets):
+    from helpers import SHARED_DATA
+
+    # the ticket takes 28x28 inputs; digits are 8x8
+    assert_error(invoke("eval", ticket, "--dataset", "digits"), "digits", "(1, 8, 8)", "(1, 28, 28)")
+    assert_error(invoke("eval", ticket, "--dataset", "imagenet"), "unknown dataset")
+    assert_error(invoke("eval", ticket, "--dataset", "fashion-mnist", "--data-dir", tmp_path / "empty"),
+                 "not found")
+    assert_error(invoke("eval", ticket, "--dataset", "fashion-mnist", "--data-dir", SHARED_DATA, "--split", "dev"),
+                 "unknown split")
+    for path, msg in bad_tickets.values():
+        assert_error(invoke("eval", path, "--dataset", "fashion-mnist", "--data-dir", SHARED_DATA), msg)
+    assert invoke("eval", ticket).exit_code == 2  # --dataset is required
+    assert invoke("eval", ticket, "--dataset", "digits", "--device", "tpu").exit_code == 2
+    assert invoke("eval", ticket, "--dataset", "digits", "--batch-size", "0").exit_code == 2
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has the CUDA provider; the GPU tests cover it")
+def test_eval_strict_cuda_without_cuda(ticket):
+    r = invoke("eval", ticket, "--dataset", "digits", "--device", "cuda")
+    assert_error(r, "CUDA was requested", "onnxruntime-gpu")
