@@ -99,7 +99,7 @@ def _register_commands() -> None:
     # Command modules stay import-light (no torch at import time); each exports COMMANDS.
     import importlib
 
-    for name in ("supermask.cli_train", "supermask.cli_deploy"):
+    for name in ("supermask.cli_train", "supermask.cli_deploy", "supermask.cli_report"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
@@ -111,3 +111,7 @@ def _register_commands() -> None:
 
 
 _register_commands()
+
+
+if __name__ == "__main__":
+    main()

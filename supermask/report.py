@@ -1,0 +1,376 @@
+"""Size-vs-accuracy reports over find runs and sweeps.
+
+:func:`measure` turns finished runs into rows, one per (model, dataset, criterion, init
+variant, keep, seed), with the test accuracy ``find`` measured and the size of every
+representation of that model, measured by writing each file: dense float32 weights, dense
+ONNX, sparse ONNX, the ticket bit-packed and the ticket entropy-coded (through the same code
+as ``supermask pack`` and ``supermask export``). :func:`write_report` renders rows into
+``results.csv``, ``results.json``, ``report.md``, PNG plots and one self-contained
+``report.html``. Needs matplotlib for the plots; never imports torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import logging
+import math
+import os
+import statistics
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .atomic import atomic_write
+
+log = logging.getLogger(__name__)
+
+REPRESENTATIONS = {
+    "dense_float32_bytes": "dense float32 weights",
+    "dense_onnx_bytes": "dense ONNX",
+    "sparse_onnx_bytes": "sparse ONNX",
+    "ticket_bitpack_bytes": "ticket, bit-packed",
+    "ticket_entropy_bytes": "ticket, entropy-coded",
+}
+COLUMNS = [
+    "model", "dataset", "criterion", "init", "keep", "seed", "accuracy", "density", "num_weights",
+    "num_params", *REPRESENTATIONS, "bits_per_weight_bitpack", "bits_per_weight_entropy", "run",
+]
+BUDGETS = [2 << 10, 4 << 10, 8 << 10, 16 << 10, 32 << 10, 64 << 10, 128 << 10, 1 << 20]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
+_STYLES = ["-", "--", "-.", ":"]
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def _write_float32(path: Path, weights: dict) -> int:
+    with open(path, "wb") as f:
+        for name in sorted(weights):
+            f.write(np.ascontiguousarray(weights[name], dtype="<f4").tobytes())
+    return _size(path)
+
+
+def measure(run_dirs: Sequence[str | os.PathLike], *, artifacts: str | os.PathLike | None = None,
+            progress: bool = True) -> list[dict]:
+    """Rows with accuracies and measured sizes for every result of every run.
+
+    Files are written to a temporary folder, or kept under ``artifacts`` when given.
+    """
+    from .export import build_model, export_ticket
+    from .find import load_npz, load_run, pack
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="supermask-report-") as tmp:
+        for run in map(Path, run_dirs):
+            cfg, arch, results = load_run(run)
+            params = arch.params()
+            num_params = sum(p.size for p in params)
+            num_weights = sum(p.size for p in params if p.kind == "weight")
+            base = Path(artifacts) / run.name if artifacts else Path(tmp) / run.name
+            base.mkdir(parents=True, exist_ok=True)
+            todo = results.get("rows", [])
+            for i, r in enumerate(todo):
+                tag = f"{r['criterion']}-{r['init']}-{r['keep']:g}"
+                row = {k: r.get(k) for k in ("model", "dataset", "criterion", "init", "keep", "seed",
+                                             "accuracy", "density")}
+                row.update(num_weights=num_weights, num_params=num_params, run=str(run))
+                if r["criterion"] == "dense":
+                    w = load_npz(run / "weights.npz")
+                    row["dense_float32_bytes"] = _write_float32(base / f"{tag}.f32", w)
+                    for fmt in ("dense", "sparse"):
+                        path = base / f"{tag}.{fmt}.onnx"
+                        path.write_bytes(build_model(arch, w, storage=fmt).SerializeToString())
+                        row[f"{fmt}_onnx_bytes"] = _size(path)
+                    row["ticket_bitpack_bytes"] = row["ticket_entropy_bytes"] = None
+                    row["bits_per_weight_bitpack"] = row["bits_per_weight_entropy"] = None
+                else:
+                    tickets = {}
+                    for codec in ("bitpack", "entropy"):
+                        path = base / f"{tag}.{codec}.smask"
+                        tickets[codec] = pack(run, path, criterion=r["criterion"], keep=r["keep"],
+                                              init=r["init"], codec=codec)
+                        row[f"ticket_{codec}_bytes"] = _size(path)
+                        row[f"bits_per_weight_{codec}"] = 8 * row[f"ticket_{codec}_bytes"] / num_weights
+                    t = tickets["entropy"]
+                    row["dense_float32_bytes"] = _write_float32(base / f"{tag}.f32", t.weights(verify=False))
+                    for fmt in ("dense", "sparse"):
+                        res = export_ticket(t, base / f"{tag}.{fmt}.onnx", fmt, check=False)
+                        row[f"{fmt}_onnx_bytes"] = res.file_bytes
+                rows.append(row)
+                if progress and (i + 1) % 20 == 0:
+                    log.warning("report: %s: measured %d of %d rows", run.name, i + 1, len(todo))
+    return rows
+
+
+# ----------------------------------------------------------------------------- aggregating
+
+
+def _group_key(r: dict) -> tuple:
+    return (r["model"], r["dataset"], r["criterion"], r["init"], float(r["keep"]))
+
+
+def aggregate(rows: Iterable[dict]) -> list[dict]:
+    """Mean and min-max over seeds for each (model, dataset, criterion, init, keep)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[_group_key(r)].append(r)
+    out = []
+    for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][:4], -kv[0][4])):
+        acc = [r["accuracy"] for r in rs]
+        agg = dict(zip(("model", "dataset", "criterion", "init", "keep"), key))
+        agg.update(seeds=sorted(r["seed"] for r in rs), accuracy_mean=statistics.fmean(acc),
+                   accuracy_min=min(acc), accuracy_max=max(acc),
+                   density=statistics.fmean(r["density"] for r in rs), num_weights=rs[0]["num_weights"])
+        for k in REPRESENTATIONS:
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            agg[k] = max(vals) if vals else None  # the budget a user must plan for
+        out.append(agg)
+    return out
+
+
+def frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The size-accuracy frontier: points no other point beats with less or equal size."""
+    best, out = -math.inf, []
+    for size, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if acc > best:
+            out.append((size, acc))
+            best = acc
+    return out
+
+
+def best_per_budget(aggs: Sequence[dict], budgets: Sequence[int] = BUDGETS) -> list[dict]:
+    """For each (model, dataset) and byte budget, the most accurate ticket that fits it."""
+    out = []
+    by_task: dict[tuple, list[dict]] = defaultdict(list)
+    for a in aggs:
+        if a["criterion"] != "dense":
+            by_task[(a["model"], a["dataset"])].append(a)
+    for (model, dataset), cands in sorted(by_task.items()):
+        for budget in budgets:
+            fits = []
+            for a in cands:
+                size, codec = min((a["ticket_bitpack_bytes"], "bitpack"), (a["ticket_entropy_bytes"], "entropy"))
+                if size <= budget:
+                    fits.append((a["accuracy_mean"], -size, a, codec, size))
+            if fits:
+                acc, _, a, codec, size = max(fits, key=lambda f: (f[0], f[1]))
+                out.append({"model": model, "dataset": dataset, "budget_bytes": budget, "criterion": a["criterion"],
+                            "init": a["init"], "keep": a["keep"], "codec": codec, "ticket_bytes": size,
+                            "accuracy_mean": acc, "accuracy_min": a["accuracy_min"], "accuracy_max": a["accuracy_max"]})
+    return out
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _kb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024:,.1f} KiB" if n < (1 << 20) else f"{n / (1 << 20):,.2f} MiB"
+
+
+def _tables(aggs: list[dict], budgets: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every table in the report."""
+    tables = []
+    tasks = sorted({(a["model"], a["dataset"]) for a in aggs})
+    for model, dataset in tasks:
+        task = [a for a in aggs if (a["model"], a["dataset"]) == (model, dataset)]
+        dense = [a for a in task if a["criterion"] == "dense"]
+        seeds = sorted({s for a in task for s in a["seeds"]})
+        keeps = sorted({a["keep"] for a in task if a["criterion"] != "dense"}, reverse=True)
+        for init in sorted({a["init"] for a in task if a["criterion"] != "dense"}):
+            header = ["criterion"] + [f"keep {k:g}" for k in keeps]
+            body = []
+            if dense:
+                d = dense[0]
+                body.append(["dense, trained (all weights)"] + [
+                    f"{_pct(d['accuracy_mean'])} ({_pct(d['accuracy_min'])}-{_pct(d['accuracy_max'])})"] * len(keeps))
+            for c in sorted({a["criterion"] for a in task if a["init"] == init}):
+                cells = []
+                for k in keeps:
+                    m = [a for a in task if a["criterion"] == c and a["init"] == init and a["keep"] == k]
+                    cells.append("-" if not m else
+                                 f"{_pct(m[0]['accuracy_mean'])} ({_pct(m[0]['accuracy_min'])}-{_pct(m[0]['accuracy_max'])})")
+                body.append([c] + cells)
+            tables.append((f"{model} on {dataset}, init {init}: test accuracy % of the untrained masked network, "
+                           f"mean (min-max) over seeds {', '.join(map(str, seeds))}", header, body))
+        header = ["criterion", "init", "keep"] + list(REPRESENTATIONS.values()) + ["bits/weight (entropy)"]
+        body = []
+        default = ([a for a in task if a["criterion"] == "large_final_same_sign"]
+                   or [a for a in task if a["criterion"] != "dense"])
+        for a in dense + default:
+            bpw = "-" if a["ticket_entropy_bytes"] is None else f"{8 * a['ticket_entropy_bytes'] / a['num_weights']:.3f}"
+            body.append([a["criterion"], a["init"], f"{a['keep']:g}"] + [_kb(a[k]) for k in REPRESENTATIONS] + [bpw])
+        tables.append((f"{model} on {dataset}: file size of each representation (largest over seeds)", header, body))
+    header = ["model", "dataset", "budget", "criterion", "init", "keep", "codec", "ticket", "accuracy %, mean (min-max)"]
+    body = [[b["model"], b["dataset"], _kb(b["budget_bytes"]), b["criterion"], b["init"], f"{b['keep']:g}", b["codec"],
+             _kb(b["ticket_bytes"]), f"{_pct(b['accuracy_mean'])} ({_pct(b['accuracy_min'])}-{_pct(b['accuracy_max'])})"]
+            for b in budgets]
+    tables.append(("Best ticket per size budget", header, body))
+    return tables
+
+
+def _markdown_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _html_table(title: str, header: list[str], body: list[list[str]]) -> str:
+    h = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+    return f"<h3>{html.escape(title)}</h3>\n<table><thead><tr>{h}</tr></thead><tbody>{rows}</tbody></table>\n"
+
+
+def _plots(aggs: list[dict]) -> dict[str, bytes]:
+    """PNG bytes by file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    out: dict[str, bytes] = {}
+    tasks = sorted({(a["model"], a["dataset"]) for a in aggs})
+    for model, dataset in tasks:
+        task = [a for a in aggs if (a["model"], a["dataset"]) == (model, dataset)]
+        dense = [a for a in task if a["criterion"] == "dense"]
+        crits = sorted({a["criterion"] for a in task if a["criterion"] != "dense"})
+        cmap = plt.get_cmap("viridis")
+        for init in sorted({a["init"] for a in task if a["criterion"] != "dense"}):
+            fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+            for i, c in enumerate(crits):
+                pts = sorted((a for a in task if a["criterion"] == c and a["init"] == init), key=lambda a: a["keep"])
+                if not pts:
+                    continue
+                x = [100 * a["keep"] for a in pts]
+                colour = cmap(i / max(1, len(crits) - 1) * 0.9)
+                ax.plot(x, [100 * a["accuracy_mean"] for a in pts], color=colour, marker=_MARKERS[i % len(_MARKERS)],
+                        linestyle=_STYLES[i % len(_STYLES)], linewidth=1.6 if c == "large_final_same_sign" else 1.0,
+                        label=c)
+                ax.fill_between(x, [100 * a["accuracy_min"] for a in pts], [100 * a["accuracy_max"] for a in pts],
+                                color=colour, alpha=0.15, linewidth=0)
+            if dense:
+                d = dense[0]
+                ax.axhline(100 * d["accuracy_mean"], color="black", linestyle="--", linewidth=1.2,
+                           label="dense, trained")
+                ax.axhspan(100 * d["accuracy_min"], 100 * d["accuracy_max"], color="black", alpha=0.08)
+            ax.set_xscale("log")
+            ticks = sorted({100 * a["keep"] for a in task if a["criterion"] != "dense"})
+            ax.set_xticks(ticks)
+            ax.set_xticks([], minor=True)
+            ax.set_xticklabels([f"{t:g}" for t in ticks])
+            ax.set_xlabel("weights kept (%, log scale)")
+            ax.set_ylabel("test accuracy (%)")
+            ax.set_title(f"{model} on {dataset}: untrained supermasks, init {init}\n(line: mean; band: min-max over seeds)",
+                         fontsize=10)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+            fig.tight_layout()
+            out[f"accuracy_vs_keep_{model}_{dataset}_{init}.png"] = _png(fig, plt)
+
+        fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+        points = []
+        for j, (key, label) in enumerate(REPRESENTATIONS.items()):
+            pts = [(a[key], 100 * a["accuracy_mean"]) for a in task if a.get(key) is not None]
+            if not pts:
+                continue
+            points += pts
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=18, marker=_MARKERS[j],
+                       color=cmap(j / (len(REPRESENTATIONS) - 1) * 0.9), label=label, alpha=0.8,
+                       edgecolors="black", linewidths=0.3)
+        f = frontier(points)
+        if f:
+            xs, ys = [p[0] for p in f], [p[1] for p in f]
+            ax.step(xs + [max(p[0] for p in points)], ys + [ys[-1]], where="post", color="black", linewidth=1.2,
+                    label="size-accuracy frontier")
+        ax.set_xscale("log")
+        ax.set_xlabel("file size (bytes, log scale)")
+        ax.set_ylabel("test accuracy (%, mean over seeds)")
+        ax.set_title(f"{model} on {dataset}: accuracy against file size, every criterion, init and keep", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        fig.tight_layout()
+        out[f"accuracy_vs_size_{model}_{dataset}.png"] = _png(fig, plt)
+    return out
+
+
+def _png(fig, plt) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(rows: list[dict], out: str | os.PathLike, *, command: str | None = None) -> dict[str, Path]:
+    """Write results.csv, results.json, report.md, the PNG plots and report.html into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    aggs = aggregate(rows)
+    budgets = best_per_budget(aggs)
+    written: dict[str, Path] = {}
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k) for k in COLUMNS})
+    atomic_write(out / "results.csv", buf.getvalue())
+    atomic_write(out / "results.json", json.dumps({"rows": rows, "aggregates": aggs, "best_per_budget": budgets},
+                                                  indent=1, allow_nan=False) + "\n")
+    written["results.csv"], written["results.json"] = out / "results.csv", out / "results.json"
+
+    plots = _plots(aggs)
+    for name, data in plots.items():
+        atomic_write(out / name, data)
+        written[name] = out / name
+
+    tables = _tables(aggs, budgets)
+    md = ["# Supermask size-vs-accuracy report", ""]
+    if command:
+        md += [f"Made by `{command}`.", ""]
+    md += ["Accuracies are on the test set; sizes are of files written by `supermask pack` and "
+           "`supermask export` for each row.", ""]
+    for title, header, body in tables:
+        md += [f"## {title}", "", _markdown_table(header, body), ""]
+    md += ["## Plots", ""] + [f"![{n}]({n})" for n in plots] + [""]
+    atomic_write(out / "report.md", "\n".join(md))
+    written["report.md"] = out / "report.md"
+
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Supermask report</title><style>",
+             "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}",
+             "table{border-collapse:collapse;margin:1em 0;font-size:13px}",
+             "td,th{border:1px solid #bbb;padding:3px 7px;text-align:right}th{background:#eee}",
+             "td:first-child{text-align:left}img{max-width:100%}</style></head><body>",
+             "<h1>Supermask size-vs-accuracy report</h1>"]
+    if command:
+        parts.append(f"<p>Made by <code>{html.escape(command)}</code>.</p>")
+    parts += [_html_table(t, h, b) for t, h, b in tables]
+    for name, data in plots.items():
+        parts.append(f"<h3>{html.escape(name)}</h3><img alt='{html.escape(name)}' "
+                     f"src='data:image/png;base64,{base64.b64encode(data).decode()}'>")
+    parts.append("</body></html>\n")
+    atomic_write(out / "report.html", "\n".join(parts))
+    written["report.html"] = out / "report.html"
+    return written
+
+
+def report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, artifacts: str | None = None,
+           progress: bool = True, command: str | None = None) -> dict[str, Path]:
+    """Measure every run under ``paths`` and write the report into ``out``."""
+    from .sweep import run_dirs
+
+    rows = measure(run_dirs(paths), artifacts=artifacts, progress=progress)
+    return write_report(rows, out, command=command)

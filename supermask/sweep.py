@@ -1,0 +1,110 @@
+"""Seeded sweeps: ``find`` over several models, datasets and seeds into one folder.
+
+Torch is imported only when a run actually trains. Each run lives in
+``SWEEP/<model>-<dataset>-s<seed>``; ``find`` itself skips a finished run (its
+``results.json`` matches the run's config hash) and resumes a half-done one from its
+finished stages, so an interrupted sweep started again redoes nothing that was finished.
+``sweep.json`` lists the runs and their state; it is rewritten atomically after each run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from .atomic import atomic_write
+from .errors import SupermaskError
+
+log = logging.getLogger(__name__)
+SWEEP_FILE = "sweep.json"
+
+
+class SweepError(SupermaskError):
+    """A sweep folder cannot be used as asked."""
+
+
+def run_name(model: str, dataset: str, seed: int) -> str:
+    return f"{model}-{dataset}-s{seed}"
+
+
+def _is_finished(run: Path, run_hash: str) -> bool:
+    try:
+        res = json.loads((run / "results.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return res.get("run_hash") == run_hash and (run / "masks.npz").exists()
+
+
+def sweep(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], out: str | os.PathLike,
+          *, data_dir: str | None = None, download: bool = False, device: str = "auto",
+          progress: bool = True, **find_options) -> dict:
+    """Run ``find`` for every (model, dataset, seed); return the sweep manifest.
+
+    ``find_options`` are further :class:`~supermask.find.FindConfig` fields (epochs,
+    iterations, criteria, keeps, init, ...), the same for every run.
+    """
+    from .find import FindConfig, find
+
+    if not models or not datasets or not seeds:
+        raise SweepError("a sweep needs at least one model, one dataset and one seed")
+    if len(set(seeds)) != len(seeds):
+        raise SweepError("seeds must not repeat")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        base = FindConfig(model=models[0], dataset=datasets[0], seed=seeds[0], **find_options)
+    except (TypeError, ValueError) as e:
+        raise SweepError(f"bad find options for the sweep: {e}") from None
+    plan = []
+    for model in models:
+        for dataset in datasets:
+            for seed in seeds:
+                try:
+                    cfg = replace(base, model=model, dataset=dataset, seed=seed)
+                except ValueError as e:
+                    raise SweepError(str(e)) from None
+                plan.append((run_name(model, dataset, seed), cfg))
+
+    manifest = {"runs": [{"run": name, "run_hash": cfg.run_hash, "state": "pending"} for name, cfg in plan],
+                "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in find_options.items()}}
+
+    def save() -> None:
+        atomic_write(out / SWEEP_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+    for entry, (name, cfg) in zip(manifest["runs"], plan):
+        if _is_finished(out / name, cfg.run_hash):
+            entry["state"] = "done"
+    save()
+    for entry, (name, cfg) in zip(manifest["runs"], plan):
+        if entry["state"] == "done":
+            log.info("%s is finished; skipping", name)
+            continue
+        start = time.perf_counter()
+        if progress:
+            log.warning("sweep: running %s", name)
+        find(cfg, out / name, data_dir=data_dir, download=download, device=device, progress=progress)
+        entry["state"] = "done"
+        entry["seconds"] = round(time.perf_counter() - start, 1)
+        save()
+    return manifest
+
+
+def run_dirs(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The finished run folders under ``paths`` (each a run folder or a sweep folder)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise SweepError(f"{p} is not a folder; give run folders (from `supermask find`) or sweep folders")
+        if (p / "results.json").exists():
+            found.append(p)
+            continue
+        subs = sorted(d for d in p.iterdir() if d.is_dir() and (d / "results.json").exists())
+        if not subs:
+            raise SweepError(f"{p} holds no finished runs (no results.json in it or its subfolders)")
+        found += subs
+    return found

@@ -1,0 +1,133 @@
+"""Sweeps and size-vs-accuracy reports on a tiny real sweep (the bundled digits data)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from supermask.cli import main
+
+from helpers import REPO
+
+FAST = ["--iterations", "30", "--criteria", "large_final_same_sign,random", "--keep", "0.5,0.1", "-q"]
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sweep")
+    r = CliRunner().invoke(main, ["sweep", "--models", "lenet-300-100", "--datasets", "digits", "--seeds", "0,1",
+                                  "--out", str(out), *FAST])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tiny_sweep, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    r = CliRunner().invoke(main, ["report", str(tiny_sweep), "-o", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_report_rows_csv_and_json(tiny_report):
+    with open(tiny_report / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # per seed: 1 dense row + 2 criteria x 2 keeps x 2 init variants
+    assert len(rows) == 2 * (1 + 2 * 2 * 2)
+    assert {r["seed"] for r in rows} == {"0", "1"}
+    assert {r["criterion"] for r in rows} == {"dense", "large_final_same_sign", "random"}
+    assert {r["init"] for r in rows} == {"trained", "original", "signed-constant"}
+    for r in rows:
+        assert 0 <= float(r["accuracy"]) <= 1
+        assert int(r["dense_float32_bytes"]) == 4 * int(r["num_params"])
+        if r["criterion"] != "dense":
+            assert int(r["ticket_entropy_bytes"]) < int(r["sparse_onnx_bytes"]) <= int(r["dense_onnx_bytes"])
+            assert float(r["bits_per_weight_bitpack"]) == 8 * int(r["ticket_bitpack_bytes"]) / int(r["num_weights"])
+    data = json.loads((tiny_report / "results.json").read_text())
+    assert len(data["rows"]) == len(rows)
+    aggs = [a for a in data["aggregates"] if a["criterion"] != "dense"]
+    assert len(aggs) == 2 * 2 * 2 and all(a["seeds"] == [0, 1] for a in aggs)
+    assert all(a["accuracy_min"] <= a["accuracy_mean"] <= a["accuracy_max"] for a in aggs)
+
+
+def test_report_plots_and_markdown(tiny_report):
+    pngs = sorted(p.name for p in tiny_report.glob("*.png"))
+    assert pngs == ["accuracy_vs_keep_lenet-300-100_digits_original.png",
+                    "accuracy_vs_keep_lenet-300-100_digits_signed-constant.png",
+                    "accuracy_vs_size_lenet-300-100_digits.png"]
+    for name in pngs:
+        assert _png_size(tiny_report / name) == (800, 500)
+    md = (tiny_report / "report.md").read_text()
+    assert "Best ticket per size budget" in md and "large_final_same_sign" in md
+    for name in pngs:
+        assert f"]({name})" in md
+
+
+def test_report_html_is_self_contained(tiny_report):
+    page = (tiny_report / "report.html").read_text()
+    refs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)""", page)
+    assert refs and all(r.startswith("data:image/png;base64,") for r in refs)
+    assert "http://" not in page and "https://" not in page and "@import" not in page
+    assert page.count("<table>") >= 3
+
+
+def test_report_sizes_match_inspect_and_export(tiny_sweep, tiny_report, tmp_path):
+    with open(tiny_report / "results.csv", newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["criterion"] == "large_final_same_sign" and r["keep"] == "0.1"
+                   and r["init"] == "original" and r["seed"] == "1")
+    run = row["run"]
+    runner = CliRunner()
+    for codec in ("bitpack", "entropy"):
+        ticket = tmp_path / f"{codec}.smask"
+        r = runner.invoke(main, ["pack", str(ticket), "--run", run, "--keep", "0.1", "--codec", codec])
+        assert r.exit_code == 0, r.output
+        s = json.loads(runner.invoke(main, ["inspect", "--json", str(ticket)]).output)
+        assert s["file_bytes"] == int(row[f"ticket_{codec}_bytes"]) == ticket.stat().st_size
+    for fmt in ("dense", "sparse"):
+        onnx_path = tmp_path / f"{fmt}.onnx"
+        r = runner.invoke(main, ["export", str(tmp_path / "entropy.smask"), "-o", str(onnx_path), "--format", fmt])
+        assert r.exit_code == 0, r.output
+        assert onnx_path.stat().st_size == int(row[f"{fmt}_onnx_bytes"])
+
+
+def test_report_errors_are_clear(tmp_path):
+    r = CliRunner().invoke(main, ["report", str(tmp_path), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 1 and "no finished runs" in r.output
+
+
+def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
+    out = tmp_path / "sweep"
+    args = [sys.executable, "-m", "supermask.cli", "sweep", "--models", "lenet-300-100", "--datasets", "digits",
+            "--seeds", "0,1,2", "--out", str(out), *FAST]
+    p = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "lenet-300-100-digits-s0" / "results.json"
+    deadline = time.time() + 120
+    while not first.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert first.exists(), "the first run never finished"
+    stamps = {f: f.stat().st_mtime_ns for f in first.parent.iterdir()}
+    r = CliRunner().invoke(main, ["sweep", "--models", "lenet-300-100", "--datasets", "digits", "--seeds", "0,1,2",
+                                  "--out", str(out), *FAST])
+    assert r.exit_code == 0, r.output
+    assert "3 of 3 runs finished" in r.output
+    assert {f: f.stat().st_mtime_ns for f in first.parent.iterdir()} == stamps  # untouched
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert [x["state"] for x in manifest["runs"]] == ["done"] * 3
