@@ -20,6 +20,19 @@ from .errors import (  # noqa: E402
 from .rng import InitSpec  # noqa: E402
 from .ticket import Ticket, decode_ticket, encode_ticket, read_ticket, write_ticket  # noqa: E402
 
+_SUBMODULES = ("runtime", "export", "datasets", "models", "find", "report", "sweep")
+
+
+def __getattr__(name: str):
+    # `import supermask; supermask.runtime.load(...)` without importing the subpackage first;
+    # loaded on first use so that `import supermask` stays light (and torch-free).
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'supermask' has no attribute {name!r}")
+
+
 __all__ = [
     "Architecture", "Layer", "Preprocess", "InitSpec", "Ticket",
     "encode_ticket", "decode_ticket", "read_ticket", "write_ticket",

@@ -125,7 +125,8 @@ class Ticket:
             if verify and t.role != "zero":
                 rng.verify(w, t.distribution, t.fingerprint, t.name)
             if t.role == "masked":
-                w[~self.masks[t.name]] = 0.0
+                np.multiply(w, self.masks[t.name], out=w)
+                w += np.float32(0.0)  # -0.0 -> +0.0: pruned weights are exactly +0.0
             out[t.name] = w
         return out
 
