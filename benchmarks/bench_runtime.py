@@ -28,7 +28,7 @@ from _common import machine, median_seconds  # noqa: E402
 from supermask import Architecture, InitSpec, Layer, Preprocess, models, read_ticket, write_ticket  # noqa: E402
 from supermask.export import export_ticket  # noqa: E402
 import supermask.runtime as smr  # noqa: E402
-from supermask.runtime.model import make_session, masked_weights  # noqa: E402
+from supermask.runtime.model import make_session  # noqa: E402
 
 SHAPES = {"lenet-300-100": (1, 28, 28), "conv2": (3, 32, 32), "conv4": (3, 32, 32), "conv6": (3, 32, 32)}
 
@@ -56,12 +56,12 @@ def make(folder: Path, arch: Architecture, keep: float, seed: int = 0) -> Path:
 def load_times(path: Path, repeats: int) -> dict:
     """Median seconds: whole load, and its parts measured separately."""
     t = read_ticket(path)
-    w = masked_weights(t)
+    w = t.weights()
     out = {
         "model": t.architecture.name, "num_weights": t.architecture.num_weights,
         "load_s": median_seconds(lambda: smr.load(path, device="cpu"), repeats),
         "read_ticket_s": median_seconds(lambda: read_ticket(path), repeats),
-        "weights_s": median_seconds(lambda: masked_weights(t), repeats),
+        "weights_s": median_seconds(lambda: t.weights(), repeats),
         "session_s": median_seconds(lambda: make_session(t.architecture, w, "cpu"), repeats),
     }
     return out

@@ -55,9 +55,10 @@ def _seeds(ctx, param, value):
 @click.option("--train-limit", type=click.IntRange(1), default=None, help="Train on the first N images only.")
 @click.option("--test-limit", type=click.IntRange(1), default=None, help="Evaluate on the first N images only.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads (default: torch's choice).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def sweep(models, dataset_names, seeds, out, data_dir, download, init, epochs, iterations, criteria, keeps,
-          selection, train_limit, test_limit, device, quiet):
+          selection, train_limit, test_limit, device, threads, quiet):
     """Run `find` for every model x dataset x seed; finished runs are skipped, so an
     interrupted sweep resumes where it stopped."""
     from .sweep import sweep as run_sweep
@@ -71,7 +72,7 @@ def sweep(models, dataset_names, seeds, out, data_dir, download, init, epochs, i
     if keeps is not None:
         opts["keeps"] = keeps
     manifest = run_sweep(models, dataset_names, seeds, out, data_dir=data_dir, download=download, device=device,
-                         progress=not quiet, **opts)
+                         progress=not quiet, threads=threads, **opts)
     done = sum(r["state"] == "done" for r in manifest["runs"])
     click.echo(f"sweep {out}: {done} of {len(manifest['runs'])} runs finished")
 

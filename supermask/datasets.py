@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -255,13 +256,16 @@ def _md5(path: Path) -> str:
 
 
 def _fetch(url: str, dest: Path, md5: str, timeout: float) -> None:
+    """Download ``url`` to ``dest``; the file appears only complete and with the right MD5."""
     log.info("downloading %s", url)
+    h = hashlib.md5(usedforsecurity=False)
     with urllib.request.urlopen(url, timeout=timeout) as r, atomic_open(dest, "wb") as out:
-        shutil.copyfileobj(r, out, 1 << 20)
-    got = _md5(dest)
-    if got != md5:
-        dest.unlink()
-        raise DatasetError(f"checksum mismatch for {url}: md5 {got}, expected {md5}")
+        for block in iter(lambda: r.read(1 << 20), b""):
+            h.update(block)
+            out.write(block)
+        if h.hexdigest() != md5:  # raising here discards the temporary file
+            raise DatasetError(f"checksum mismatch for {url}: md5 {h.hexdigest()}, expected {md5} "
+                               "(a cut or corrupted download)")
 
 
 def _extract_cifar(archive: Path, out_dir: Path) -> None:
@@ -298,7 +302,7 @@ def download_dataset(name: str, folder: str | os.PathLike | None = None, timeout
             try:
                 _fetch(mirror + fname, target, md5, timeout)
                 break
-            except (OSError, urllib.error.URLError, DatasetError) as e:
+            except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError, DatasetError) as e:
                 errors.append(f"{mirror + fname}: {e}")
         else:
             raise DatasetError(f"could not download {fname} for {name}: " + "; ".join(errors)

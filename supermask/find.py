@@ -35,6 +35,7 @@ from . import criteria as crit
 from . import datasets, rng
 from .arch import Architecture
 from .atomic import atomic_open, atomic_write
+from .lock import folder_lock
 from .errors import RunError, SupermaskError
 
 log = logging.getLogger(__name__)
@@ -403,6 +404,14 @@ def find(cfg: FindConfig, out: str | os.PathLike, *, data_dir: str | None = None
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "run folder"):
+        return _find_locked(cfg, out, data_dir, download, device, progress)
+
+
+def _find_locked(cfg: FindConfig, out: Path, data_dir: str | None, download: bool, device: str,
+                 progress: bool) -> dict:
+    from . import models
+
     _check_config(out, cfg)
     results_path = out / "results.json"
     if results_path.exists():

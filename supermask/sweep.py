@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .atomic import atomic_write
+from .lock import folder_lock
 from .errors import SupermaskError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def _is_finished(run: Path, run_hash: str) -> bool:
 
 def sweep(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], out: str | os.PathLike,
           *, data_dir: str | None = None, download: bool = False, device: str = "auto",
-          progress: bool = True, **find_options) -> dict:
+          progress: bool = True, threads: int | None = None, **find_options) -> dict:
     """Run ``find`` for every (model, dataset, seed); return the sweep manifest.
 
     ``find_options`` are further :class:`~supermask.find.FindConfig` fields (epochs,
@@ -56,6 +57,15 @@ def sweep(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], 
         raise SweepError("seeds must not repeat")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "sweep folder"):
+        return _sweep_locked(models, datasets, seeds, out, data_dir, download, device, progress, threads,
+                             find_options)
+
+
+def _sweep_locked(models, datasets, seeds, out: Path, data_dir, download, device, progress, threads,
+                  find_options) -> dict:
+    from .find import FindConfig, find
+
     try:
         base = FindConfig(model=models[0], dataset=datasets[0], seed=seeds[0], **find_options)
     except (TypeError, ValueError) as e:
@@ -87,7 +97,8 @@ def sweep(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], 
         start = time.perf_counter()
         if progress:
             log.warning("sweep: running %s", name)
-        find(cfg, out / name, data_dir=data_dir, download=download, device=device, progress=progress)
+        find(cfg, out / name, data_dir=data_dir, download=download, device=device, progress=progress,
+             threads=threads)
         entry["state"] = "done"
         entry["seconds"] = round(time.perf_counter() - start, 1)
         save()

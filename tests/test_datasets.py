@@ -222,3 +222,46 @@ def test_cifar_download_extracts_only_the_batch_files(tmp_path, http_server, mon
     extracted = sorted(p.name for p in (tmp_path / "d" / "cifar10" / "cifar-10-batches-bin").iterdir())
     assert extracted == sorted([f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"])
     assert not (tmp_path / "d" / "escape.bin").exists() and not (tmp_path / "escape.bin").exists()
+
+
+class _CutHandler(http.server.BaseHTTPRequestHandler):
+    """Sends half of a file, then drops the connection (with or without a Content-Length)."""
+
+    payload = b""
+    with_length = True
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        self.send_response(200)
+        if self.with_length:
+            self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        self.wfile.write(self.payload[: len(self.payload) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("with_length", [True, False])
+def test_download_cut_midway_leaves_nothing_and_says_so(tmp_path, monkeypatch, with_length):
+    payload = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+    handler = type("H", (_CutHandler,), {"payload": payload, "with_length": with_length})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        md5 = hashlib.md5(payload).hexdigest()
+        files = tuple((n, md5) for n in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                                          "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"))
+        monkeypatch.setitem(datasets.SOURCES, "mnist",
+                            dataclasses.replace(datasets.SOURCES["mnist"], mirrors=(url,), files=files))
+        dest = tmp_path / "cache"
+        with pytest.raises(DatasetError, match="could not download") as e:
+            datasets.download_dataset("mnist", dest)
+        assert "train-images-idx3-ubyte.gz" in str(e.value)
+        assert list(dest.iterdir()) == []  # no partial file, no temporary file
+    finally:
+        server.shutdown()
+        server.server_close()

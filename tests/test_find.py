@@ -120,7 +120,8 @@ def digits_run(tmp_path_factory):
 
 def test_run_directory_layout_and_rows(digits_run):
     names = {p.name for p in digits_run.iterdir()}
-    assert names == {"config.json", "architecture.json", "weights.npz", "train.json", "masks.npz", "results.json"}
+    assert names == {"config.json", "architecture.json", "weights.npz", "train.json", "masks.npz", "results.json",
+                     ".lock"}
     res = json.loads((digits_run / "results.json").read_text())
     rows = res["rows"]
     assert len(rows) == 1 + len(crit.CRITERIA) * 3 * 2
@@ -158,11 +159,11 @@ def test_training_starts_from_the_generator_weights(digits_run):
 
 
 def test_rerun_reuses_finished_stages(digits_run):
-    stamps = {p.name: p.stat().st_mtime_ns for p in digits_run.iterdir()}
+    stamps = {p.name: p.stat().st_mtime_ns for p in digits_run.iterdir() if p.name != ".lock"}
     r = run_cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--iterations", 150,
                 "--keep", "0.5,0.2,0.05", "--device", "cpu", "--out", digits_run, "-q")
     assert r.exit_code == 0, r.output
-    assert {p.name: p.stat().st_mtime_ns for p in digits_run.iterdir()} == stamps
+    assert {p.name: p.stat().st_mtime_ns for p in digits_run.iterdir() if p.name != ".lock"} == stamps
 
 
 def test_interrupted_evaluation_resumes_without_retraining(tmp_path):

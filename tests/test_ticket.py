@@ -87,6 +87,7 @@ def test_write_read_round_trip(dims, density, codec, scheme, seed, drop):
         w0 = rng.generate(seed, p.name, p.shape, init.distribution, init.scale(p.fan_in, p.fan_out))
         keep = masks.get(p.name, np.ones(p.shape, bool))
         assert np.array_equal(w[keep], w0[keep]) and not w[~keep].any()
+        assert not np.signbit(w[~keep]).any()  # pruned weights are +0.0, never -0.0
 
 
 def test_empty_and_tiny_masks_through_codecs():
