@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, median_seconds  # noqa: E402
+from supermask.atomic import atomic_write  # noqa: E402
 
 from supermask import codecs, rng  # noqa: E402
 
@@ -106,7 +107,7 @@ def main() -> None:
             unit = "G weights/s" if "_Gw_" in k else "M weights/s"
             print(f"| {k.replace('_Mw_per_s', '').replace('_Gw_per_s', '')} | {v:,.2f} {unit} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "codecs": sizes, "speed": sp}, indent=2))
+        atomic_write(args.json, json.dumps({"machine": machine(), "codecs": sizes, "speed": sp}, indent=2))
 
 
 if __name__ == "__main__":

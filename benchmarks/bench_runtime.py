@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, median_seconds  # noqa: E402
+from supermask.atomic import atomic_write  # noqa: E402
 
 from supermask import Architecture, InitSpec, Layer, Preprocess, models, read_ticket, write_ticket  # noqa: E402
 from supermask.export import export_ticket  # noqa: E402
@@ -171,7 +172,7 @@ def main() -> None:
         print(f"| {r['model']} | {r['batch']} | {r['onnxruntime_ms']:.3f} ms | {r['torch_eager_ms']:.3f} ms | "
               f"{r['torch_over_onnxruntime']:.2f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+        atomic_write(args.json, json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

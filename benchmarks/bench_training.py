@@ -21,6 +21,7 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
+from supermask.atomic import atomic_write  # noqa: E402
 
 
 def hand_loop(arch, images, labels, iterations: int, lr: float, batch: int, device: str) -> float:
@@ -98,7 +99,7 @@ def main(model, dataset, data_dir, iterations, repeats, threads, device, json_ou
     click.echo(f"hand-written loop    median {mb:.2f} s  ({iterations / mb:,.0f} it/s)")
     click.echo(f"ratio find / hand    {mo / mb:.3f}  (target <= 1.25)")
     if json_out:
-        Path(json_out).write_text(json.dumps(res, indent=2) + "\n")
+        atomic_write(json_out, json.dumps(res, indent=2) + "\n")
 
 
 if __name__ == "__main__":

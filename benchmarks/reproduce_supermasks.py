@@ -20,6 +20,7 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
+from supermask.atomic import atomic_write  # noqa: E402
 
 KEEPS = (0.5, 0.3, 0.2, 0.1, 0.05)
 
@@ -91,8 +92,8 @@ def main(model, dataset, data_dir, seeds, epochs, device, threads, out):
     md = table(rows_by_seed)
     summary = {"model": model, "dataset": dataset, "epochs": epochs or DEFAULT_EPOCHS, "machine": machine(), "threads": threads,
                "seconds_per_seed": seconds, "checks": [{"check": c, "ok": ok} for c, ok in results]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "summary.md").write_text(md + "\n")
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write(out / "summary.md", md + "\n")
     click.echo(md)
     for c, ok in results:
         click.echo(f"{'PASS' if ok else 'FAIL'}  {c}")

@@ -55,9 +55,7 @@ def _size(path: Path) -> int:
 
 
 def _write_float32(path: Path, weights: dict) -> int:
-    with open(path, "wb") as f:
-        for name in sorted(weights):
-            f.write(np.ascontiguousarray(weights[name], dtype="<f4").tobytes())
+    atomic_write(path, b"".join(np.ascontiguousarray(weights[n], dtype="<f4").tobytes() for n in sorted(weights)))
     return _size(path)
 
 
@@ -90,7 +88,7 @@ def measure(run_dirs: Sequence[str | os.PathLike], *, artifacts: str | os.PathLi
                     row["dense_float32_bytes"] = _write_float32(base / f"{tag}.f32", w)
                     for fmt in ("dense", "sparse"):
                         path = base / f"{tag}.{fmt}.onnx"
-                        path.write_bytes(build_model(arch, w, storage=fmt).SerializeToString())
+                        atomic_write(path, build_model(arch, w, storage=fmt).SerializeToString())
                         row[f"{fmt}_onnx_bytes"] = _size(path)
                     row["ticket_bitpack_bytes"] = row["ticket_entropy_bytes"] = None
                     row["bits_per_weight_bitpack"] = row["bits_per_weight_entropy"] = None
