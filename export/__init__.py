@@ -30,7 +30,11 @@ __all__ = ["export_ticket", "ticket_model", "ExportResult", "build_model", "FORM
 
 @dataclass(frozen=True)
 class ExportResult:
-    """What :func:`export_ticket` wrote."""
+    """What :func:`export_ticket` wrote.
+
+    ``sparse_tensors`` and ``dense_tensors`` name the model's parameter tensors (weights and
+    biases; not the preprocessing constants) by how each was stored.
+    """
 
     path: str
     format: str
@@ -102,6 +106,7 @@ def export_ticket(ticket: Ticket | str | os.PathLike, out: str | os.PathLike, fm
     atomic_write(out, model.SerializeToString())
     return ExportResult(
         path=str(out), format=fmt, file_bytes=out.stat().st_size, ticket_bytes=t.file_bytes,
+        # parameter tensors (weights and biases) by storage; preprocessing constants left out
         sparse_tensors=tuple(s.values.name for s in model.graph.sparse_initializer),
         dense_tensors=tuple(i.name for i in model.graph.initializer if not i.name.startswith("preprocess_")),
         ir_version=model.ir_version, opset=OPSET,

@@ -166,6 +166,8 @@ class Model:
         if images.ndim != len(self.input_shape) + 1 or tuple(images.shape[1:]) != self.input_shape:
             raise InputError(f"images have shape {images.shape}; this model expects (N, "
                              f"{', '.join(map(str, self.input_shape))})")
+        if images.shape[0] == 0:
+            raise InputError("no images to evaluate (an empty batch has no accuracy)")
         if labels.shape != (images.shape[0],) or labels.dtype.kind not in "iu":
             raise InputError(f"labels must be {images.shape[0]} integers, "
                              f"got shape {labels.shape} dtype {labels.dtype}")
@@ -191,7 +193,7 @@ class Model:
             correct += int(np.count_nonzero(z.argmax(axis=1) == labels[a:a + batch_size]))
         seconds = time.perf_counter() - start
         n = int(images.shape[0])
-        accuracy = correct / n if n else float("nan")
+        accuracy = correct / n
         return Evaluation(accuracy, correct, n, self.provider, seconds, batch_size, use_binding)
 
     def __repr__(self) -> str:

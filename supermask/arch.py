@@ -224,9 +224,13 @@ class Architecture:
                 return p
         raise KeyError(name)
 
+    def weight_params(self) -> list[Param]:
+        """The weight tensors (the ones a supermask masks), in network order; no biases."""
+        return [p for p in self.params() if p.kind == "weight"]
+
     @property
     def num_weights(self) -> int:
-        return sum(p.size for p in self.params() if p.kind == "weight")
+        return sum(p.size for p in self.weight_params())
 
     def to_dict(self) -> dict:
         return {

@@ -1,7 +1,7 @@
 """Crash-safe file writes. Torch-free.
 
 Every file supermask writes goes through :func:`atomic_write`: the bytes go to a temporary
-file in the destination's folder, are flushed and fsynced, and the temporary file is renamed
+file (``.NAME.XXXXXXXX.tmp``) in the destination's folder, are flushed and fsynced, and the temporary file is renamed
 over the destination. A reader (or a crash) sees the old complete file or the new complete
 file, never a partial one.
 """
@@ -13,6 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from .errors import SupermaskError
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -45,7 +47,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator:
         raise ValueError("atomic_open writes only ('wb' or 'w')")
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    if path.is_dir():
+        raise SupermaskError(f"cannot write {path}: it is a folder; give a file name")
+    if not folder.is_dir():
+        raise SupermaskError(f"cannot write {path}: the folder {folder} does not exist; create it first")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise SupermaskError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         os.chmod(tmp, _file_mode(path))
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:

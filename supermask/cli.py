@@ -62,7 +62,8 @@ def format_summary(path: str, s: dict) -> str:
         f"  ({s['compression_ratio']:.1f}x compression)",
     ]
     for k, v in s["metadata"].items():
-        lines.append(f"{k:<11} {v}")
+        shown = f"{v:.6g}" if isinstance(v, float) else v
+        lines.append(f"{k:<11} {shown}" if len(k) < 12 else f"{k} {shown}")
     rows = [("tensor", "shape", "role", "codec", "kept", "density", "bytes", "bits/w")]
     for t in s["tensors"]:
         rows.append((
@@ -96,16 +97,10 @@ def inspect(ticket: str, as_json: bool, verify: bool) -> None:
 
 
 def _register_commands() -> None:
-    # Command modules stay import-light (no torch at import time); each exports COMMANDS.
-    import importlib
+    # Command modules stay import-light (no torch, onnxruntime or matplotlib at import time).
+    from . import cli_deploy, cli_report, cli_train
 
-    for name in ("supermask.cli_train", "supermask.cli_deploy", "supermask.cli_report"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
+    for module in (cli_train, cli_deploy, cli_report):
         for cmd in module.COMMANDS:
             main.add_command(cmd)
 

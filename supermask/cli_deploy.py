@@ -12,7 +12,10 @@ import json
 
 import click
 
-_DEVICE = click.Choice(["auto", "cpu", "cuda"])
+from . import datasets
+from .runtime.model import DEVICES  # torch- and onnxruntime-free at import time
+
+_DEVICE = click.Choice(list(DEVICES))
 _DEVICE_HELP = ("auto: CUDA when onnxruntime can use it, else the CPU (with a note); "
                 "cuda: fail unless CUDA is used; cpu: CPU only.")
 
@@ -27,8 +30,8 @@ def _note(result: dict) -> None:
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="The ONNX file to write.")
 @click.option("--format", "fmt", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
-              help="dense: plain initializers; sparse: each weight tensor stored as values + int64 "
-                   "indices when that is smaller.")
+              help="dense: plain initializers; sparse: each tensor (weights and biases) stored as "
+                   "values + int64 indices when that is smaller.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def export(ticket: str, output: str, fmt: str, as_json: bool) -> None:
     """Write a self-contained ONNX model of TICKET (input: raw pixels, output: logits)."""
@@ -39,14 +42,16 @@ def export(ticket: str, output: str, fmt: str, as_json: bool) -> None:
         click.echo(json.dumps(r.to_dict(), indent=2))
     else:
         click.echo(f"wrote {r.path}: {r.file_bytes:,} bytes ({fmt}; ticket {r.ticket_bytes:,} bytes), "
-                   f"{len(r.sparse_tensors)} sparse and {len(r.dense_tensors)} dense weight tensors, "
+                   f"{len(r.sparse_tensors)} sparse and {len(r.dense_tensors)} dense tensors, "
                    f"ONNX IR {r.ir_version}, opset {r.opset}")
 
 
 @click.command("eval")
 @click.argument("ticket", type=click.Path(dir_okay=False, path_type=str))
-@click.option("--dataset", required=True, help="Data set name (e.g. mnist, fashion-mnist, cifar10).")
-@click.option("--split", default="test", show_default=True, help="Which split to evaluate.")
+@click.option("--dataset", required=True, type=click.Choice(list(datasets.DATASETS)),
+              help="Data set to evaluate on; it must match the ticket's input shape and classes.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True,
+              help="Which split to evaluate.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Folder holding the data set files.")
 @click.option("--download", is_flag=True, help="Download the data set if it is not in --data-dir.")

@@ -8,9 +8,8 @@ import sys
 
 import click
 
-from . import criteria as crit
 from . import datasets
-from .cli_train import _float_list, _inits, _models, _names
+from .cli_train import _models, find_options, split_options
 
 
 def _csv(choices):
@@ -42,37 +41,14 @@ def _seeds(ctx, param, value):
 @click.option("--seeds", required=True, callback=_seeds, help="Comma-separated seeds, e.g. 0,1,2.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Sweep folder; each run goes to OUT/<model>-<dataset>-s<seed>.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Folder with the data set files (DIR or DIR/<dataset>/).")
-@click.option("--download", is_flag=True, help="Download missing data sets into the cache.")
-@click.option("--init", "init", type=click.Choice(_inits()), default="kaiming_uniform", show_default=True)
-@click.option("--epochs", type=click.IntRange(1), default=None, help="Training epochs (default: find's).")
-@click.option("--iterations", type=click.IntRange(1), default=None, help="Training steps (overrides --epochs).")
-@click.option("--criteria", callback=_names, default=None, help="Comma-separated criteria, or 'all' (default).")
-@click.option("--keep", "keeps", callback=_float_list, default=None,
-              help="Comma-separated keep fractions (default 0.5,0.3,0.2,0.1,0.05).")
-@click.option("--selection", type=click.Choice(list(crit.SELECTIONS)), default="layerwise", show_default=True)
-@click.option("--train-limit", type=click.IntRange(1), default=None, help="Train on the first N images only.")
-@click.option("--test-limit", type=click.IntRange(1), default=None, help="Evaluate on the first N images only.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads (default: torch's choice).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def sweep(models, dataset_names, seeds, out, data_dir, download, init, epochs, iterations, criteria, keeps,
-          selection, train_limit, test_limit, device, threads, quiet):
+@find_options
+def sweep(models, dataset_names, seeds, out, **opts):
     """Run `find` for every model x dataset x seed; finished runs are skipped, so an
     interrupted sweep resumes where it stopped."""
     from .sweep import sweep as run_sweep
 
-    opts = dict(init=init, iterations=iterations, selection=selection, train_limit=train_limit,
-                test_limit=test_limit)
-    if epochs is not None:
-        opts["epochs"] = epochs
-    if criteria is not None:
-        opts["criteria"] = criteria
-    if keeps is not None:
-        opts["keeps"] = keeps
-    manifest = run_sweep(models, dataset_names, seeds, out, data_dir=data_dir, download=download, device=device,
-                         progress=not quiet, threads=threads, **opts)
+    config, run = split_options(opts)
+    manifest = run_sweep(models, dataset_names, seeds, out, **run, **config)
     done = sum(r["state"] == "done" for r in manifest["runs"])
     click.echo(f"sweep {out}: {done} of {len(manifest['runs'])} runs finished")
 

@@ -10,6 +10,7 @@ import click
 from . import criteria as crit
 from . import datasets
 from .codecs import CODECS
+from .find import DEFAULT_EPOCHS, DEFAULT_KEEPS, DEFAULT_LR, DEVICES, INIT_VARIANTS, FindConfig
 
 
 def _models() -> list[str]:
@@ -49,62 +50,91 @@ def _inits() -> list[str]:
     return [s for s in rng.SCHEMES if "normal" not in s]
 
 
+def _default(name: str):
+    return FindConfig.__dataclass_fields__[name].default
+
+
+def find_options(f):
+    """The options of `find` and `sweep` beyond what to run (model, dataset, seed, out).
+
+    Defaults and help come from :class:`~supermask.find.FindConfig` and its constants, so the
+    two commands cannot drift apart. An option left out is None: the config's default.
+    """
+    lrs = ", ".join(f"{v:g} ({m})" for m, v in DEFAULT_LR.items())
+    options = [
+        click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
+                     help="Folder with the data set files (DIR or DIR/<dataset>/). Default: the download cache."),
+        click.option("--download", is_flag=True,
+                     help="Download a missing data set (checked by MD5) into DIR/<dataset>/ with --data-dir, "
+                          "else into the cache."),
+        click.option("--init", "init", type=click.Choice(_inits()), default=_default("init"), show_default=True,
+                     help="Initial weight distribution (bit-exact schemes only)."),
+        click.option("--lr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                     help=f"Adam learning rate. Default: {lrs}."),
+        click.option("--batch-size", type=click.IntRange(1), default=_default("batch_size"), show_default=True),
+        click.option("--epochs", type=click.IntRange(1), default=None,
+                     help=f"Training epochs (default {DEFAULT_EPOCHS}; ignored when --iterations is given)."),
+        click.option("--iterations", type=click.IntRange(1), default=None, help="Training steps (overrides --epochs)."),
+        click.option("--criteria", callback=_names, default=None,
+                     help="Comma-separated criteria to evaluate, or 'all' (default: all): "
+                          f"{', '.join(crit.CRITERIA)}."),
+        click.option("--keep", "keeps", callback=_float_list, default=None,
+                     help="Comma-separated fractions of weights to keep "
+                          f"(default {','.join(map(str, DEFAULT_KEEPS))})."),
+        click.option("--selection", type=click.Choice(list(crit.SELECTIONS)), default=_default("selection"),
+                     show_default=True,
+                     help="Top-k per layer (output layer pruned at half the rate) or over all layers at once."),
+        click.option("--train-limit", type=click.IntRange(1), default=None, help="Train on the first N images only."),
+        click.option("--test-limit", type=click.IntRange(1), default=None, help="Evaluate on the first N images only."),
+        click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True),
+        click.option("--threads", type=click.IntRange(1), default=None,
+                     help="CPU threads for torch (default: torch's choice). 1 is often fastest on a busy machine."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars (and no summary table from find)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+#: The find_options that are FindConfig fields; the rest say where and how to run.
+CONFIG_OPTIONS = ("init", "lr", "batch_size", "epochs", "iterations", "criteria", "keeps", "selection",
+                  "train_limit", "test_limit")
+
+
+def split_options(opts: dict) -> tuple[dict, dict]:
+    """(FindConfig fields that were given, keyword arguments of find/sweep) from find_options' values."""
+    config = {k: opts[k] for k in CONFIG_OPTIONS if opts[k] is not None}
+    run = dict(data_dir=opts["data_dir"], download=opts["download"], device=opts["device"],
+               threads=opts["threads"], progress=not opts["quiet"])
+    return config, run
+
+
 @click.command()
 @click.option("--model", required=True, type=click.Choice(_models()), help="Architecture to train.")
 @click.option("--dataset", required=True, type=click.Choice(list(datasets.DATASETS)),
               help="Data set ('digits' ships with the package).")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Folder with the data set files (DIR or DIR/<dataset>/). Default: the download cache.")
-@click.option("--download", is_flag=True, help="Download a missing data set into the cache (checked by MD5).")
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
               help="Seed of the initial weights (and the data order): the seed is the model.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Run directory. Default: runs/<model>-<dataset>-s<seed>-<config hash>.")
-@click.option("--init", "init", type=click.Choice(_inits()), default="kaiming_uniform", show_default=True,
-              help="Initial weight distribution (bit-exact schemes only).")
-@click.option("--lr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-              help="Adam learning rate. Default: 1.2e-3 (lenet-300-100), 2e-4 (conv2), 3e-4 (conv4, conv6).")
-@click.option("--batch-size", type=click.IntRange(1), default=60, show_default=True)
-@click.option("--epochs", type=click.IntRange(1), default=None,
-              help="Training epochs (default 20, unless --iterations is given).")
-@click.option("--iterations", type=click.IntRange(1), default=None, help="Training steps (overrides --epochs).")
-@click.option("--criteria", callback=_names, default=None,
-              help=f"Comma-separated criteria to evaluate, or 'all' (default: all): {', '.join(crit.CRITERIA)}.")
-@click.option("--keep", "keeps", callback=_float_list, default=None,
-              help="Comma-separated fractions of weights to keep (default 0.5,0.3,0.2,0.1,0.05).")
-@click.option("--selection", type=click.Choice(list(crit.SELECTIONS)), default="layerwise", show_default=True,
-              help="Top-k per layer (output layer pruned at half the rate) or over all layers at once.")
-@click.option("--train-limit", type=click.IntRange(1), default=None, help="Train on the first N images only.")
-@click.option("--test-limit", type=click.IntRange(1), default=None, help="Evaluate on the first N images only.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(1), default=None,
-              help="CPU threads for torch (default: torch's choice). 1 is often fastest on a busy machine.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
-def find(model, dataset, data_dir, download, seed, out, init, lr, batch_size, epochs, iterations, criteria,
-         keeps, selection, train_limit, test_limit, device, threads, quiet):
+@find_options
+def find(model, dataset, seed, out, **opts):
     """Train a dense network once, then score, select and evaluate supermasks.
 
     Every (criterion, keep) supermask is evaluated on the *untrained* masked network, with
     the original initial weights and with their signed constants, next to the dense trained
     accuracy. Results go to OUT/results.json; re-running resumes finished stages.
     """
-    from .find import DEFAULT_EPOCHS, FindConfig, find as run_find
+    from .find import find as run_find
 
-    kwargs = dict(model=model, dataset=dataset, seed=seed, init=init, lr=lr, batch_size=batch_size,
-                  epochs=epochs or DEFAULT_EPOCHS, iterations=iterations, selection=selection,
-                  train_limit=train_limit, test_limit=test_limit)
-    if criteria is not None:
-        kwargs["criteria"] = criteria
-    if keeps is not None:
-        kwargs["keeps"] = keeps
+    config, run = split_options(opts)
     try:
-        cfg = FindConfig(**kwargs)
+        cfg = FindConfig(model=model, dataset=dataset, seed=seed, **config)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     out = out or cfg.default_out()
-    res = run_find(cfg, out, data_dir=data_dir, download=download, device=device, progress=not quiet,
-                   threads=threads)
-    if not quiet:
+    res = run_find(cfg, out, **run)
+    if not opts["quiet"]:
         click.echo(format_results(res))
     click.echo(f"results: {out}/results.json")
 
@@ -135,7 +165,7 @@ def format_results(res: dict) -> str:
               show_default=True)
 @click.option("--keep", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Fraction kept. Default: the keep with the best accuracy in the run's results.")
-@click.option("--init", "init", type=click.Choice(["original", "signed-constant"]), default="original",
+@click.option("--init", "init", type=click.Choice(list(INIT_VARIANTS)), default="original",
               show_default=True, help="Initial weights of the ticket: the run's own or their signed constants.")
 @click.option("--codec", type=click.Choice(["auto", *CODECS]), default="auto", show_default=True,
               help="Mask coding: auto picks the smaller of bitpack and entropy per tensor.")

@@ -10,8 +10,9 @@ Where files are looked for, in order: ``data_dir/<name>/``, then ``data_dir/`` i
 ``~/.cache/supermask/datasets``)``/<name>/``. MNIST-style sets are the four standard IDX
 files, gzipped or not; CIFAR-10 is the *binary* version (``data_batch_1.bin`` ...
 ``test_batch.bin``, never the pickled Python version). With ``download=True`` a missing set
-is fetched from its canonical mirrors into the cache and checked against a known MD5 before
-it is used. ``digits`` (the 8x8 UCI handwritten digits) ships with the package.
+is fetched from its canonical mirrors into ``data_dir/<name>/`` (the cache's ``<name>/`` when
+no ``data_dir`` is given) and checked against a known MD5 before it is used. ``digits`` (the
+8x8 UCI handwritten digits) ships with the package.
 """
 
 from __future__ import annotations
@@ -125,7 +126,12 @@ def _candidates(name: str, data_dir: str | os.PathLike | None) -> list[Path]:
     return [cache_dir() / name]
 
 
-def _help(name: str, searched: list[Path]) -> str:
+def download_folder(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``--download`` puts data set ``name``: ``data_dir/<name>/``, else the cache."""
+    return Path(data_dir) / name if data_dir is not None else cache_dir() / name
+
+
+def _help(name: str, searched: list[Path], data_dir: str | os.PathLike | None) -> str:
     src = SOURCES[name]
     where = ", ".join(str(p) for p in searched)
     if src.format == "idx":
@@ -133,8 +139,10 @@ def _help(name: str, searched: list[Path]) -> str:
                 "t10k-labels-idx1-ubyte[.gz]"
     else:
         files = "cifar-10-batches-bin/data_batch_{1..5}.bin and test_batch.bin (the binary version)"
+    target = download_folder(name, data_dir)
+    cache = " (set SUPERMASK_DATA to move the cache)" if data_dir is None else ""
     return (f"looked in: {where}. Put the standard files ({files}) in --data-dir DIR or DIR/{name}/, "
-            f"or pass --download to fetch them into {cache_dir() / name} (set SUPERMASK_DATA to move the cache)")
+            f"or pass --download to fetch them into {target}{cache}")
 
 
 # ------------------------------------------------------------------------------- IDX
@@ -214,7 +222,10 @@ def _load_cifar(split: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
     f = _cifar_folder(folder)
     images, labels = [], []
     for b in _CIFAR_BATCHES[split]:
-        raw = np.fromfile(f / b, dtype=np.uint8)
+        try:
+            raw = np.fromfile(f / b, dtype=np.uint8)
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"cannot read {f / b}: {e}") from e
         if raw.size == 0 or raw.size % _CIFAR_RECORD:
             raise DatasetError(f"{f / b} is not a CIFAR-10 binary batch ({raw.size} bytes is not a multiple of "
                                f"{_CIFAR_RECORD})")
@@ -291,25 +302,32 @@ def download_dataset(name: str, folder: str | os.PathLike | None = None, timeout
     src = _source(name)
     if not src.files:
         raise DatasetError(f"{name} ships with the package and needs no download")
-    dest = Path(folder) if folder is not None else cache_dir() / name
+    dest = Path(folder) if folder is not None else download_folder(name)
     dest.mkdir(parents=True, exist_ok=True)
     for fname, md5 in src.files:
         target = dest / fname
-        if target.is_file() and _md5(target) == md5:
-            continue
-        errors = []
-        for mirror in src.mirrors:
-            try:
-                _fetch(mirror + fname, target, md5, timeout)
-                break
-            except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError, DatasetError) as e:
-                errors.append(f"{mirror + fname}: {e}")
-        else:
-            raise DatasetError(f"could not download {fname} for {name}: " + "; ".join(errors)
-                               + f". Download it yourself and put it in {dest}")
-        if src.format == "cifar-binary":
+        if not (target.is_file() and _md5(target) == md5):
+            _fetch_from_mirrors(name, src, fname, md5, target, dest, timeout)
+        # Extracted again whenever a batch is missing, so an extraction that was cut short
+        # (the archive complete, the batches not) recovers on the next try.
+        if src.format == "cifar-binary" and not all(_has_cifar(dest, s) for s in SPLITS):
             _extract_cifar(target, dest / "cifar-10-batches-bin")
     return dest
+
+
+def _fetch_from_mirrors(name: str, src: Source, fname: str, md5: str, target: Path, dest: Path,
+                        timeout: float) -> None:
+    """Fetch ``fname`` to ``target`` from the first mirror that serves it complete."""
+    errors = []
+    for mirror in src.mirrors:
+        try:
+            _fetch(mirror + fname, target, md5, timeout)
+            break
+        except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError, DatasetError) as e:
+            errors.append(f"{mirror + fname}: {e}")
+    else:
+        raise DatasetError(f"could not download {fname} for {name}: " + "; ".join(errors)
+                           + f". Download it yourself and put it in {dest}")
 
 
 # ------------------------------------------------------------------------------- load
@@ -333,11 +351,11 @@ def load(name: str, split: str, data_dir: str | os.PathLike | None = None, downl
         searched = _candidates(name, data_dir)
         folder = next((p for p in searched if has(p, split)), None)
         if folder is None and download:
-            folder = download_dataset(name, None if data_dir is None else Path(data_dir) / name)
+            folder = download_dataset(name, download_folder(name, data_dir))
             if not has(folder, split):
                 raise DatasetError(f"the download of {name} into {folder} is incomplete")
         if folder is None:
-            raise DatasetError(f"dataset {name!r} ({split}) not found; " + _help(name, searched))
+            raise DatasetError(f"dataset {name!r} ({split}) not found; " + _help(name, searched, data_dir))
         if src.format == "idx":
             images, labels = _load_idx(name, split, folder)
         else:

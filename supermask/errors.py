@@ -54,3 +54,15 @@ class DatasetError(SupermaskError):
 
 class RunError(SupermaskError):
     """A run directory is missing, incomplete or does not hold what was asked for."""
+
+
+class LockedError(SupermaskError):
+    """Another process holds the lock on a run or sweep folder."""
+
+
+class SweepError(SupermaskError):
+    """A sweep folder cannot be used as asked."""
+
+
+class ReportError(SupermaskError):
+    """A report cannot be made from the runs given (missing extra, duplicate runs)."""

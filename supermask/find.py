@@ -13,7 +13,9 @@ holds (see ``docs/training.md``)::
     results.json       one row per (criterion, keep, init variant) plus the dense row
 
 Every file is written atomically, weights before the file that marks the stage finished,
-so an interrupted run never leaves a half-written file and re-running resumes.
+so an interrupted run never leaves a half-written file and re-running resumes. An evaluation
+deletes ``results.json`` before it rewrites ``config.json``, so a ``results.json`` that exists
+was written by the same evaluation as ``masks.npz`` and the ``config.json`` beside it.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from . import criteria as crit
 from . import datasets, rng
 from .arch import Architecture
 from .atomic import atomic_open, atomic_write
-from .lock import folder_lock
 from .errors import RunError, SupermaskError
+from .lock import folder_lock, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,8 @@ DEFAULT_KEEPS = (0.5, 0.3, 0.2, 0.1, 0.05)
 DEFAULT_EPOCHS = 20
 INIT_VARIANTS = ("original", "signed-constant")
 DEVICES = ("auto", "cpu", "cuda")
-# Fields that change what training produces; the rest only change the evaluation.
+# Fields that change what training produces; the rest only change the evaluation. ``epochs``
+# is None whenever ``iterations`` is set, so it never splits identical training runs.
 _TRAIN_FIELDS = ("model", "dataset", "seed", "init", "gain_sq", "lr", "batch_size", "epochs", "iterations",
                  "train_limit")
 
@@ -75,7 +78,7 @@ class FindConfig:
     gain_sq: float = 2.0
     lr: float | None = None
     batch_size: int = 60
-    epochs: int = DEFAULT_EPOCHS
+    epochs: int | None = DEFAULT_EPOCHS  # None: the default; always None when iterations is set
     iterations: int | None = None  # overrides epochs when set
     criteria: tuple[str, ...] = tuple(crit.CRITERIA)
     keeps: tuple[float, ...] = DEFAULT_KEEPS
@@ -104,14 +107,15 @@ class FindConfig:
         if not 0 < lr < 1:
             raise ValueError(f"learning rate must be in (0, 1), got {lr:g}")
         object.__setattr__(self, "lr", lr)
-        for name in ("batch_size", "epochs"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("iterations", "train_limit", "test_limit"):
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        for name in ("epochs", "iterations", "train_limit", "test_limit"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        # One canonical form per training run: --iterations overrides --epochs, so epochs
+        # is dropped then (and defaults to DEFAULT_EPOCHS otherwise).
+        object.__setattr__(self, "epochs", None if self.iterations is not None else self.epochs or DEFAULT_EPOCHS)
         names = tuple(self.criteria)
         if not names:
             raise ValueError("give at least one criterion")
@@ -156,6 +160,12 @@ class FindConfig:
         return self._hash(_TRAIN_FIELDS)
 
     @property
+    def train_config_hash(self) -> str:
+        """Identity of the training config apart from the seed: runs that differ only in their
+        seed share it, so reports average exactly those."""
+        return self._hash([k for k in _TRAIN_FIELDS if k != "seed"])
+
+    @property
     def run_hash(self) -> str:
         """Identity of the whole run (training and evaluation)."""
         return self._hash([f.name for f in fields(self)])
@@ -171,11 +181,16 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; anything else (unreadable, not JSON, not an object) is a RunError."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise RunError(f"cannot read {path}: {e}") from e
+    if not isinstance(obj, dict):
+        raise RunError(f"{path} is malformed: expected a JSON object, found {type(obj).__name__}; "
+                       f"delete it and re-run supermask find")
+    return obj
 
 
 def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -198,6 +213,17 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 
 def mask_key(criterion: str, keep: float, tensor: str) -> str:
     return f"{criterion}/{keep!r}/{tensor}"
+
+
+def apply_mask(w: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``w * mask`` as a new float32 array with pruned weights exactly +0.0.
+
+    The same arithmetic as :meth:`supermask.ticket.Ticket.weights`, so a run's evaluation and
+    its ticket agree bit for bit.
+    """
+    out = np.multiply(w, mask, dtype=np.float32)
+    out += np.float32(0.0)  # -0.0 -> +0.0
+    return out
 
 
 def resolve_device(device: str) -> str:
@@ -359,7 +385,7 @@ def masked(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -
     out = {}
     for name, w in weights.items():
         if name in masks:
-            out[name] = np.where(masks[name], w, np.float32(0)).astype(np.float32)
+            out[name] = apply_mask(w, masks[name])
         else:
             out[name] = np.zeros_like(w) if name.endswith(".bias") else w
     return out
@@ -368,7 +394,7 @@ def masked(weights: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -
 def compute_masks(cfg: FindConfig, arch: Architecture, w_init: Mapping[str, np.ndarray],
                   w_final: Mapping[str, np.ndarray], criterion: str, keep: float) -> dict[str, np.ndarray]:
     """The supermask for (criterion, keep) over every weight tensor (biases are never masked)."""
-    names = [p.name for p in arch.params() if p.kind == "weight"]
+    names = [p.name for p in arch.weight_params()]
     return crit.masks_for(criterion, {n: w_init[n] for n in names}, {n: w_final[n] for n in names}, keep,
                           seed=cfg.seed, output=names[-1], selection=cfg.selection)
 
@@ -376,16 +402,40 @@ def compute_masks(cfg: FindConfig, arch: Architecture, w_init: Mapping[str, np.n
 # ------------------------------------------------------------------------------- the run
 
 
-def _check_config(out: Path, cfg: FindConfig) -> None:
+def _check_config(out: Path, cfg: FindConfig) -> set[str]:
+    """Refuse a folder that holds another training run; return the train hashes its weights may carry.
+
+    The identity is the config, not the hash string: a folder whose config.json was written
+    under an older hash rule (for example before ``epochs`` was dropped when ``iterations``
+    is set) is the same run when its config gives this ``train_hash`` today.
+    """
     path = out / "config.json"
     if not path.exists():
-        return
+        return {cfg.train_hash}
     old = _read_json(path)
-    if old.get("train_hash") != cfg.train_hash:
+    stored = old.get("train_hash")
+    if stored == cfg.train_hash:
+        return {cfg.train_hash}
+    try:
+        same = FindConfig.from_dict(old["config"]).train_hash == cfg.train_hash
+    except (AttributeError, KeyError, TypeError, ValueError):
+        same = False
+    if not same:
         raise RunError(
-            f"{out} already holds a different run (training config {old.get('train_hash')}, this one "
+            f"{out} already holds a different run (training config {stored}, this one "
             f"{cfg.train_hash}); pick another --out or delete that folder"
         )
+    return {cfg.train_hash, stored}
+
+
+def is_complete(out: str | os.PathLike, cfg: FindConfig) -> bool:
+    """Whether ``out`` holds the finished run of ``cfg`` (its results, masks and config)."""
+    out = Path(out)
+    try:
+        res, conf = _read_json(out / "results.json"), _read_json(out / "config.json")
+    except RunError:
+        return False
+    return res.get("run_hash") == conf.get("run_hash") == cfg.run_hash and (out / "masks.npz").is_file()
 
 
 def find(cfg: FindConfig, out: str | os.PathLike, *, data_dir: str | None = None, download: bool = False,
@@ -395,16 +445,20 @@ def find(cfg: FindConfig, out: str | os.PathLike, *, data_dir: str | None = None
     ``threads`` sets torch's CPU thread count for this process (None leaves it alone). On a
     busy machine one thread is often much faster than several for the small models.
     """
-    from . import models
-
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create the run folder {out}: {e.strerror or e}; pick another --out") from None
     with folder_lock(out, "run folder"):
+        stale = remove_stale_temporaries(out)
+        if stale:
+            log.info("removed %d temporary files left by an interrupted run in %s", len(stale), out)
         return _find_locked(cfg, out, data_dir, download, device, progress)
 
 
@@ -412,26 +466,30 @@ def _find_locked(cfg: FindConfig, out: Path, data_dir: str | None, download: boo
                  progress: bool) -> dict:
     from . import models
 
-    _check_config(out, cfg)
+    train_hashes = _check_config(out, cfg)
     results_path = out / "results.json"
-    if results_path.exists():
-        res = _read_json(results_path)
-        if res.get("run_hash") == cfg.run_hash and (out / "masks.npz").exists():
-            log.info("%s is complete; nothing to do", out)
-            return res
+    if is_complete(out, cfg):
+        log.info("%s is complete; nothing to do", out)
+        return _read_json(results_path)
     dev = resolve_device(device)
     test_set = datasets.load(cfg.dataset, "test", data_dir, download)
     arch = models.build(cfg.model, test_set.input_shape, test_set.classes, test_set.preprocess)
+    # results.json goes first: then it never sits beside a config.json or masks.npz of
+    # another evaluation when this one is killed (see the module docstring).
+    results_path.unlink(missing_ok=True)
     atomic_write(out / "config.json", _json({
         "format": RUN_FORMAT, "config": cfg.to_dict(), "train_hash": cfg.train_hash, "run_hash": cfg.run_hash,
     }))
     atomic_write(out / "architecture.json", _json(arch.to_dict()))
 
     train_json = out / "train.json"
-    if train_json.exists() and _read_json(train_json).get("train_hash") == cfg.train_hash:
+    if train_json.exists() and _read_json(train_json).get("train_hash") in train_hashes:
         log.info("reusing trained weights in %s", out)
         w_final = load_npz(out / "weights.npz")
         summary = _read_json(train_json)
+        if summary["train_hash"] != cfg.train_hash:  # written under an older hash rule
+            summary["train_hash"] = cfg.train_hash
+            atomic_write(train_json, _json(summary))
     else:
         train_set = datasets.load(cfg.dataset, "train", data_dir, download)
         w_final, summary = train(cfg, arch, train_set, dev, progress)
@@ -463,7 +521,7 @@ def evaluate(cfg: FindConfig, arch: Architecture, w_final: Mapping[str, np.ndarr
     correct, _ = accuracy(arch, w_final, x, y_np, device)
     rows.append({**base, "criterion": "dense", "keep": 1.0, "init": "trained", "accuracy": correct / total,
                  "correct": correct, "total": total, "density": 1.0,
-                 "layer_densities": {p.name: 1.0 for p in arch.params() if p.kind == "weight"}})
+                 "layer_densities": {p.name: 1.0 for p in arch.weight_params()}})
     inits = {v: initial_weights(arch, cfg.seed, variant_init(cfg, v)) for v in INIT_VARIANTS}
     mask_arrays: dict[str, np.ndarray] = {}
     jobs = [(c, k) for c in cfg.criteria for k in cfg.keeps]
@@ -487,20 +545,48 @@ def evaluate(cfg: FindConfig, arch: Architecture, w_final: Mapping[str, np.ndarr
 # ------------------------------------------------------------------------------- pack
 
 
+#: Keys and types every results row must have (``load_run`` checks them).
+ROW_FIELDS = {"criterion": str, "keep": (int, float), "init": str, "accuracy": (int, float), "correct": int,
+              "total": int}
+
+
+def _check_rows(path: Path, results: Mapping) -> None:
+    rows = results.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise RunError(f"{path} is malformed: 'rows' must be a non-empty list; re-run supermask find")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise RunError(f"{path} is malformed: row {i} is not an object; re-run supermask find")
+        for k, t in ROW_FIELDS.items():
+            if k not in r or isinstance(r[k], bool) or not isinstance(r[k], t):
+                raise RunError(f"{path} is malformed: row {i} has no valid {k!r}; re-run supermask find")
+
+
 def load_run(run: str | os.PathLike) -> tuple[FindConfig, Architecture, dict]:
-    """(config, architecture, results) of a finished run directory."""
+    """(config, architecture, results) of a finished run directory.
+
+    The results must come from the config beside them: a run killed during a new evaluation
+    (or a folder assembled by hand) is refused rather than packed with the wrong masks.
+    """
     run = Path(run)
     need = ["config.json", "architecture.json", "train.json", "weights.npz", "results.json", "masks.npz"]
     missing = [n for n in need if not (run / n).exists()]
     if missing:
         raise RunError(f"{run} is not a finished find run (missing {', '.join(missing)}); run `supermask find` "
                        f"with --out {run} first")
+    conf = _read_json(run / "config.json")
     try:
-        cfg = FindConfig.from_dict(_read_json(run / "config.json")["config"])
+        cfg = FindConfig.from_dict(conf["config"])
         arch = Architecture.from_dict(_read_json(run / "architecture.json"))
     except (KeyError, TypeError, ValueError) as e:
         raise RunError(f"{run}/config.json or architecture.json is malformed: {e}") from e
-    return cfg, arch, _read_json(run / "results.json")
+    results = _read_json(run / "results.json")
+    if results.get("run_hash") is None or results.get("run_hash") != conf.get("run_hash"):
+        raise RunError(f"{run}: run is incomplete or from another config (results.json has run hash "
+                       f"{results.get('run_hash')}, config.json {conf.get('run_hash')}); re-run supermask find "
+                       f"--out {run}")
+    _check_rows(run / "results.json", results)
+    return cfg, arch, results
 
 
 def pick_row(results: Mapping, criterion: str, keep: float | None, init: str) -> dict | None:
@@ -518,7 +604,7 @@ def run_masks(run: str | os.PathLike, cfg: FindConfig, arch: Architecture, crite
               keep: float) -> dict[str, np.ndarray]:
     """The run's supermask for (criterion, keep): stored masks when present, else recomputed."""
     run = Path(run)
-    names = [p for p in arch.params() if p.kind == "weight"]
+    names = arch.weight_params()
     stored = load_npz(run / "masks.npz")
     keys = [mask_key(criterion, keep, p.name) for p in names]
     if all(k in stored for k in keys):

@@ -10,23 +10,29 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
-from .errors import SupermaskError
+from .errors import LockedError, SupermaskError
+
+__all__ = ["LOCK_NAME", "LockedError", "folder_lock", "remove_stale_temporaries"]
 
 LOCK_NAME = ".lock"
-
-
-class LockedError(SupermaskError):
-    """Another process holds the folder's lock."""
+# The temporary names supermask.atomic gives: "." + target name + "." + mkstemp's 8 random
+# characters + ".tmp".
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, what: str = "folder") -> Iterator[None]:
     """Hold the lock on ``folder`` for the duration of the block; fail at once if taken."""
     path = Path(folder) / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise SupermaskError(f"cannot lock the {what} {folder}: cannot open {path}: {e.strerror or e}; "
+                             f"check that {folder} is a folder you may write to") from None
     try:
         try:
             _lock(fd)
@@ -43,6 +49,21 @@ def folder_lock(folder: str | os.PathLike, what: str = "folder") -> Iterator[Non
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Delete temporary files that killed atomic writes left in ``folder``; return their names.
+
+    Call it only while holding :func:`folder_lock` on ``folder``: then no other supermask
+    process is writing there, so every such file is stale.
+    """
+    removed = []
+    for p in Path(folder).iterdir():
+        if _TEMP_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p.name)
+    return sorted(removed)
 
 
 def _lock(fd: int) -> None:

@@ -1,12 +1,14 @@
 """Size-vs-accuracy reports over find runs and sweeps.
 
-:func:`measure` turns finished runs into rows, one per (model, dataset, criterion, init
-variant, keep, seed), with the test accuracy ``find`` measured and the size of every
-representation of that model, measured by writing each file: dense float32 weights, dense
+:func:`measure` turns finished runs into rows, one per (model, dataset, selection, training
+config, criterion, init variant, keep, seed), with the test accuracy ``find`` measured and the
+size of every representation of that model, measured by writing each file: dense float32 weights, dense
 ONNX, sparse ONNX, the ticket bit-packed and the ticket entropy-coded (through the same code
 as ``supermask pack`` and ``supermask export``). :func:`write_report` renders rows into
 ``results.csv``, ``results.json``, ``report.md``, PNG plots and one self-contained
-``report.html``. Needs matplotlib for the plots; never imports torch.
+``report.html``. Rows are averaged over seeds only within one (model, dataset, selection,
+training config): runs that differ in anything else are never mixed, and the same run given
+twice is refused. Needs matplotlib for the plots (the ``report`` extra); never imports torch.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .atomic import atomic_write
+from .errors import ReportError
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +41,12 @@ REPRESENTATIONS = {
     "ticket_bitpack_bytes": "ticket, bit-packed",
     "ticket_entropy_bytes": "ticket, entropy-coded",
 }
+#: What identifies a group of rows that differ only in their seed (with criterion, init, keep).
+#: ``train_config`` is FindConfig.train_config_hash: the training config apart from the seed.
+TASK_FIELDS = ("model", "dataset", "selection", "train_init", "train_config")
 COLUMNS = [
-    "model", "dataset", "criterion", "init", "keep", "seed", "accuracy", "density", "num_weights",
-    "num_params", *REPRESENTATIONS, "bits_per_weight_bitpack", "bits_per_weight_entropy", "run",
+    *TASK_FIELDS, "criterion", "init", "keep", "seed", "accuracy", "density", "num_weights",
+    "num_params", *REPRESENTATIONS, "bits_per_weight_bitpack", "bits_per_weight_entropy", "train_hash", "run",
 ]
 BUDGETS = [2 << 10, 4 << 10, 8 << 10, 16 << 10, 32 << 10, 64 << 10, 128 << 10, 1 << 20]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
@@ -66,15 +72,14 @@ def measure(run_dirs: Sequence[str | os.PathLike], *, artifacts: str | os.PathLi
     Files are written to a temporary folder, or kept under ``artifacts`` when given.
     """
     from .export import build_model, export_ticket
-    from .find import load_npz, load_run, pack
+    from .find import load_npz, pack
 
     rows: list[dict] = []
+    runs = check_runs(run_dirs)
     with tempfile.TemporaryDirectory(prefix="supermask-report-") as tmp:
-        for run in map(Path, run_dirs):
-            cfg, arch, results = load_run(run)
-            params = arch.params()
-            num_params = sum(p.size for p in params)
-            num_weights = sum(p.size for p in params if p.kind == "weight")
+        for run, (cfg, arch, results) in runs.items():
+            num_params = sum(p.size for p in arch.params())
+            num_weights = arch.num_weights
             base = Path(artifacts) / run.name if artifacts else Path(tmp) / run.name
             base.mkdir(parents=True, exist_ok=True)
             todo = results.get("rows", [])
@@ -82,6 +87,7 @@ def measure(run_dirs: Sequence[str | os.PathLike], *, artifacts: str | os.PathLi
                 tag = f"{r['criterion']}-{r['init']}-{r['keep']:g}"
                 row = {k: r.get(k) for k in ("model", "dataset", "criterion", "init", "keep", "seed",
                                              "accuracy", "density")}
+                row.update(_identity(cfg), train_hash=cfg.train_hash)
                 row.update(num_weights=num_weights, num_params=num_params, run=str(run))
                 if r["criterion"] == "dense":
                     w = load_npz(run / "weights.npz")
@@ -111,22 +117,63 @@ def measure(run_dirs: Sequence[str | os.PathLike], *, artifacts: str | os.PathLi
     return rows
 
 
+def _identity(cfg) -> dict:
+    """The fields of TASK_FIELDS that come from a run's config rather than its result rows."""
+    return {"selection": cfg.selection, "train_init": cfg.init, "train_config": cfg.train_config_hash}
+
+
+def check_runs(run_dirs: Sequence[str | os.PathLike]) -> dict[Path, tuple]:
+    """``load_run`` of every run, refusing runs that would be averaged as if they were two seeds.
+
+    Two runs clash when they hold a result for the same group and seed: the same folder
+    given twice (through two paths), or two folders with the same training config and seed.
+    """
+    from .find import load_run
+
+    runs: dict[Path, tuple] = {}
+    seen: dict[tuple, Path] = {}
+    real: dict[Path, Path] = {}
+    for run in map(Path, run_dirs):
+        here = run.resolve()
+        if here in real:
+            raise ReportError(f"{run} and {real[here]} are the same run folder; give each run once")
+        real[here] = run
+        cfg, arch, results = load_run(run)
+        for r in results["rows"]:
+            key = _group_key({**r, **_identity(cfg)}) + (r.get("seed"),)
+            if key in seen and seen[key] != run:
+                raise ReportError(
+                    f"{seen[key]} and {run} both hold {r['criterion']} keep {r['keep']:g} ({r['init']}) for seed "
+                    f"{r.get('seed')} with the same training config and selection: the report "
+                    f"would average one seed twice; give only one of them")
+            seen[key] = run
+        runs[run] = (cfg, arch, results)
+    return runs
+
+
 # ----------------------------------------------------------------------------- aggregating
 
 
 def _group_key(r: dict) -> tuple:
-    return (r["model"], r["dataset"], r["criterion"], r["init"], float(r["keep"]))
+    return (*(r[k] for k in TASK_FIELDS), r["criterion"], r["init"], float(r["keep"]))
 
 
 def aggregate(rows: Iterable[dict]) -> list[dict]:
-    """Mean and min-max over seeds for each (model, dataset, criterion, init, keep)."""
+    """Mean and min-max over seeds for each (model, dataset, selection, training config, criterion,
+    init, keep); a seed that appears twice in one group is a :class:`ReportError`."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[_group_key(r)].append(r)
     out = []
-    for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][:4], -kv[0][4])):
+    n = len(TASK_FIELDS) + 2
+    for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][:n], -kv[0][n])):
+        seeds = [r["seed"] for r in rs]
+        if len(set(seeds)) != len(seeds):
+            runs = ", ".join(sorted({str(r.get("run")) for r in rs}))
+            raise ReportError(f"seed {next(s for s in seeds if seeds.count(s) > 1)} appears twice for "
+                              f"{', '.join(map(str, key))} (runs {runs}); give each run once")
         acc = [r["accuracy"] for r in rs]
-        agg = dict(zip(("model", "dataset", "criterion", "init", "keep"), key))
+        agg = dict(zip((*TASK_FIELDS, "criterion", "init", "keep"), key))
         agg.update(seeds=sorted(r["seed"] for r in rs), accuracy_mean=statistics.fmean(acc),
                    accuracy_min=min(acc), accuracy_max=max(acc),
                    density=statistics.fmean(r["density"] for r in rs), num_weights=rs[0]["num_weights"])
@@ -164,12 +211,31 @@ def best_per_budget(aggs: Sequence[dict], budgets: Sequence[int] = BUDGETS) -> l
             if fits:
                 acc, _, a, codec, size = max(fits, key=lambda f: (f[0], f[1]))
                 out.append({"model": model, "dataset": dataset, "budget_bytes": budget, "criterion": a["criterion"],
-                            "init": a["init"], "keep": a["keep"], "codec": codec, "ticket_bytes": size,
+                            "selection": a["selection"], "train_config": a["train_config"], "init": a["init"],
+                            "keep": a["keep"], "codec": codec, "ticket_bytes": size,
                             "accuracy_mean": acc, "accuracy_min": a["accuracy_min"], "accuracy_max": a["accuracy_max"]})
     return out
 
 
 # ----------------------------------------------------------------------------- rendering
+
+
+def _tasks(aggs: Sequence[dict]) -> list[tuple[list[dict], str, str]]:
+    """(aggregates, title, file name stem) for each (model, dataset, selection, training config).
+
+    Titles and names grow the selection and training config only when one (model, dataset)
+    has several, so the common report of one config keeps short names.
+    """
+    keys = sorted({tuple(a[k] for k in TASK_FIELDS) for a in aggs})
+    out = []
+    for key in keys:
+        model, dataset, selection, train_init, train_config = key
+        title, stem = f"{model} on {dataset}", f"{model}_{dataset}"
+        if sum(k[:2] == key[:2] for k in keys) > 1:
+            title += f" ({selection} selection, trained from {train_init}, training config {train_config[:8]})"
+            stem += f"_{selection}_{train_config[:8]}"
+        out.append(([a for a in aggs if tuple(a[k] for k in TASK_FIELDS) == key], title, stem))
+    return out
 
 
 def _pct(x: float) -> str:
@@ -183,9 +249,7 @@ def _kb(n: int | None) -> str:
 def _tables(aggs: list[dict], budgets: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table in the report."""
     tables = []
-    tasks = sorted({(a["model"], a["dataset"]) for a in aggs})
-    for model, dataset in tasks:
-        task = [a for a in aggs if (a["model"], a["dataset"]) == (model, dataset)]
+    for task, name, _ in _tasks(aggs):
         dense = [a for a in task if a["criterion"] == "dense"]
         seeds = sorted({s for a in task for s in a["seeds"]})
         keeps = sorted({a["keep"] for a in task if a["criterion"] != "dense"}, reverse=True)
@@ -203,7 +267,7 @@ def _tables(aggs: list[dict], budgets: list[dict]) -> list[tuple[str, list[str],
                     cells.append("-" if not m else
                                  f"{_pct(m[0]['accuracy_mean'])} ({_pct(m[0]['accuracy_min'])}-{_pct(m[0]['accuracy_max'])})")
                 body.append([c] + cells)
-            tables.append((f"{model} on {dataset}, init {init}: test accuracy % of the untrained masked network, "
+            tables.append((f"{name}, init {init}: test accuracy % of the untrained masked network, "
                            f"mean (min-max) over seeds {', '.join(map(str, seeds))}", header, body))
         header = ["criterion", "init", "keep"] + list(REPRESENTATIONS.values()) + ["bits/weight (entropy)"]
         body = []
@@ -212,9 +276,11 @@ def _tables(aggs: list[dict], budgets: list[dict]) -> list[tuple[str, list[str],
         for a in dense + default:
             bpw = "-" if a["ticket_entropy_bytes"] is None else f"{8 * a['ticket_entropy_bytes'] / a['num_weights']:.3f}"
             body.append([a["criterion"], a["init"], f"{a['keep']:g}"] + [_kb(a[k]) for k in REPRESENTATIONS] + [bpw])
-        tables.append((f"{model} on {dataset}: file size of each representation (largest over seeds)", header, body))
-    header = ["model", "dataset", "budget", "criterion", "init", "keep", "codec", "ticket", "accuracy %, mean (min-max)"]
-    body = [[b["model"], b["dataset"], _kb(b["budget_bytes"]), b["criterion"], b["init"], f"{b['keep']:g}", b["codec"],
+        tables.append((f"{name}: file size of each representation (largest over seeds)", header, body))
+    header = ["model", "dataset", "budget", "selection", "criterion", "init", "keep", "codec", "ticket",
+              "accuracy %, mean (min-max)"]
+    body = [[b["model"], b["dataset"], _kb(b["budget_bytes"]), b["selection"], b["criterion"], b["init"],
+             f"{b['keep']:g}", b["codec"],
              _kb(b["ticket_bytes"]), f"{_pct(b['accuracy_mean'])} ({_pct(b['accuracy_min'])}-{_pct(b['accuracy_max'])})"]
             for b in budgets]
     tables.append(("Best ticket per size budget", header, body))
@@ -233,6 +299,15 @@ def _html_table(title: str, header: list[str], body: list[list[str]]) -> str:
     return f"<h3>{html.escape(title)}</h3>\n<table><thead><tr>{h}</tr></thead><tbody>{rows}</tbody></table>\n"
 
 
+def require_matplotlib() -> None:
+    """Fail early, before anything is measured or written, when the plots cannot be drawn."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise ReportError(f"supermask report needs matplotlib for its plots ({e}); install it with "
+                          f"pip install 'supermask[report]'") from None
+
+
 def _plots(aggs: list[dict]) -> dict[str, bytes]:
     """PNG bytes by file name."""
     import matplotlib
@@ -241,9 +316,7 @@ def _plots(aggs: list[dict]) -> dict[str, bytes]:
     from matplotlib import pyplot as plt
 
     out: dict[str, bytes] = {}
-    tasks = sorted({(a["model"], a["dataset"]) for a in aggs})
-    for model, dataset in tasks:
-        task = [a for a in aggs if (a["model"], a["dataset"]) == (model, dataset)]
+    for task, name, stem in _tasks(aggs):
         dense = [a for a in task if a["criterion"] == "dense"]
         crits = sorted({a["criterion"] for a in task if a["criterion"] != "dense"})
         cmap = plt.get_cmap("viridis")
@@ -272,12 +345,12 @@ def _plots(aggs: list[dict]) -> dict[str, bytes]:
             ax.set_xticklabels([f"{t:g}" for t in ticks])
             ax.set_xlabel("weights kept (%, log scale)")
             ax.set_ylabel("test accuracy (%)")
-            ax.set_title(f"{model} on {dataset}: untrained supermasks, init {init}\n(line: mean; band: min-max over seeds)",
+            ax.set_title(f"{name}: untrained supermasks, init {init}\n(line: mean; band: min-max over seeds)",
                          fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
             fig.tight_layout()
-            out[f"accuracy_vs_keep_{model}_{dataset}_{init}.png"] = _png(fig, plt)
+            out[f"accuracy_vs_keep_{stem}_{init}.png"] = _png(fig, plt)
 
         fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
         points = []
@@ -297,11 +370,11 @@ def _plots(aggs: list[dict]) -> dict[str, bytes]:
         ax.set_xscale("log")
         ax.set_xlabel("file size (bytes, log scale)")
         ax.set_ylabel("test accuracy (%, mean over seeds)")
-        ax.set_title(f"{model} on {dataset}: accuracy against file size, every criterion, init and keep", fontsize=10)
+        ax.set_title(f"{name}: accuracy against file size, every criterion, init and keep", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         fig.tight_layout()
-        out[f"accuracy_vs_size_{model}_{dataset}.png"] = _png(fig, plt)
+        out[f"accuracy_vs_size_{stem}.png"] = _png(fig, plt)
     return out
 
 
@@ -377,5 +450,6 @@ def report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, artifa
     """Measure every run under ``paths`` and write the report into ``out``."""
     from .sweep import run_dirs
 
+    require_matplotlib()
     rows = measure(run_dirs(paths), artifacts=artifacts, progress=progress)
     return write_report(rows, out, command=command)

@@ -5,6 +5,8 @@ Torch is imported only when a run actually trains. Each run lives in
 ``results.json`` matches the run's config hash) and resumes a half-done one from its
 finished stages, so an interrupted sweep started again redoes nothing that was finished.
 ``sweep.json`` lists the runs and their state; it is rewritten atomically after each run.
+The sweep folder is locked while a sweep works on it; temporary files that a killed sweep left
+there are removed when the next one starts.
 """
 
 from __future__ import annotations
@@ -18,27 +20,17 @@ from pathlib import Path
 from typing import Sequence
 
 from .atomic import atomic_write
-from .lock import folder_lock
-from .errors import SupermaskError
+from .errors import SweepError
+from .lock import folder_lock, remove_stale_temporaries
+
+__all__ = ["SWEEP_FILE", "SweepError", "run_dirs", "run_name", "sweep"]
 
 log = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"
 
 
-class SweepError(SupermaskError):
-    """A sweep folder cannot be used as asked."""
-
-
 def run_name(model: str, dataset: str, seed: int) -> str:
     return f"{model}-{dataset}-s{seed}"
-
-
-def _is_finished(run: Path, run_hash: str) -> bool:
-    try:
-        res = json.loads((run / "results.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return res.get("run_hash") == run_hash and (run / "masks.npz").exists()
 
 
 def sweep(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], out: str | os.PathLike,
@@ -49,22 +41,26 @@ def sweep(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], 
     ``find_options`` are further :class:`~supermask.find.FindConfig` fields (epochs,
     iterations, criteria, keeps, init, ...), the same for every run.
     """
-    from .find import FindConfig, find
-
     if not models or not datasets or not seeds:
         raise SweepError("a sweep needs at least one model, one dataset and one seed")
     if len(set(seeds)) != len(seeds):
         raise SweepError("seeds must not repeat")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SweepError(f"cannot create the sweep folder {out}: {e.strerror or e}; pick another --out") from None
     with folder_lock(out, "sweep folder"):
+        stale = remove_stale_temporaries(out)
+        if stale:
+            log.info("removed %d temporary files left by an interrupted sweep in %s", len(stale), out)
         return _sweep_locked(models, datasets, seeds, out, data_dir, download, device, progress, threads,
                              find_options)
 
 
 def _sweep_locked(models, datasets, seeds, out: Path, data_dir, download, device, progress, threads,
                   find_options) -> dict:
-    from .find import FindConfig, find
+    from .find import FindConfig, find, is_complete
 
     try:
         base = FindConfig(model=models[0], dataset=datasets[0], seed=seeds[0], **find_options)
@@ -87,7 +83,7 @@ def _sweep_locked(models, datasets, seeds, out: Path, data_dir, download, device
         atomic_write(out / SWEEP_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
     for entry, (name, cfg) in zip(manifest["runs"], plan):
-        if _is_finished(out / name, cfg.run_hash):
+        if is_complete(out / name, cfg):
             entry["state"] = "done"
     save()
     for entry, (name, cfg) in zip(manifest["runs"], plan):

@@ -513,6 +513,8 @@ def read_ticket(path: str | os.PathLike, *, max_weights: int = DEFAULT_MAX_WEIGH
         raise SupermaskError(f"{path} is a folder, not a ticket file") from None
     except PermissionError:
         raise SupermaskError(f"permission denied reading {path}") from None
+    except OSError as e:
+        raise SupermaskError(f"cannot read {path}: {e.strerror or e}") from None
     try:
         return decode_ticket(data, max_weights=max_weights)
     except TicketFormatError as e:

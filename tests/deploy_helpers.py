@@ -19,13 +19,33 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 MODELS = ("lenet-300-100", "conv2", "conv4", "conv6")
 
 
+FASHION_TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+class MissingTestData(RuntimeError):
+    """The Fashion-MNIST files the deployment tests read are not where they are expected."""
+
+
+def fashion_file(name: str, folder: Path = FASHION) -> Path:
+    """``folder / name``, or :class:`MissingTestData` saying where it was looked for."""
+    path = folder / name
+    if not path.is_file():
+        what = "folder is missing" if not folder.is_dir() else f"folder has no {name}"
+        raise MissingTestData(
+            f"Fashion-MNIST test data not found: the {what} (looked for {path.resolve()}). The "
+            f"deployment tests read {', '.join(FASHION_TEST_FILES)} from shared/data/fashion-mnist "
+            f"beside the repository clone ({folder.resolve()}); put the files there.")
+    return path
+
+
 @lru_cache(maxsize=None)
 def fashion_test() -> tuple[np.ndarray, np.ndarray]:
     """The 10,000 Fashion-MNIST test images (uint8, (N, 1, 28, 28)) and labels (int64)."""
-    with gzip.open(FASHION / "t10k-images-idx3-ubyte.gz") as f:
+    images_path, labels_path = (fashion_file(n) for n in FASHION_TEST_FILES)  # both checked first
+    with gzip.open(images_path) as f:
         raw = f.read()
     images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 1, 28, 28)
-    with gzip.open(FASHION / "t10k-labels-idx1-ubyte.gz") as f:
+    with gzip.open(labels_path) as f:
         labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
     assert images.shape[0] == labels.shape[0] == 10_000
     return images, labels

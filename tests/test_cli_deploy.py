@@ -75,7 +75,10 @@ def test_export(tmp_path, ticket, fmt):
 def test_export_text_output(tmp_path, ticket):
     r = invoke("export", ticket, "-o", tmp_path / "m.onnx", "--format", "sparse")
     assert r.exit_code == 0, r.output
-    assert r.stdout.startswith(f"wrote {tmp_path / 'm.onnx'}:") and "6 sparse and 0 dense" in r.stdout
+    assert r.stdout.startswith(f"wrote {tmp_path / 'm.onnx'}:") and "6 sparse and 0 dense tensors," in r.stdout
+    r = invoke("export", ticket, "-o", tmp_path / "d.onnx")
+    assert r.exit_code == 0, r.output
+    assert "0 sparse and 6 dense tensors," in r.stdout and "weight" not in r.stdout  # biases count too
 
 
 @pytest.mark.parametrize("kind", ["junk", "corrupt", "truncated", "missing"])
@@ -146,6 +149,20 @@ def test_predict_bad_inputs(tmp_path, ticket):
     assert_error(invoke("predict", ticket, tmp_path / "big.png"), "resize")
     (tmp_path / "a.txt").write_text("hello")
     assert_error(invoke("predict", ticket, tmp_path / "a.txt"), "unknown input type")
+    nan = np.zeros((3, 1, 28, 28), np.float32)
+    nan[1, 0, 3, 3] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    assert_error(invoke("predict", ticket, tmp_path / "nan.npy"), "nan.npy", "1 non-finite value")
+    np.save(tmp_path / "inf.npy", np.full((28, 28), np.inf))
+    assert_error(invoke("predict", ticket, tmp_path / "inf.npy"), "inf.npy", "784 non-finite values")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 1, 28, 28), np.uint8))
+    assert_error(invoke("predict", ticket, tmp_path / "empty.npy"), "empty.npy", "no examples")
+    np.save(tmp_path / "empty2.npy", np.zeros((0, 28, 28), np.float32))
+    assert_error(invoke("predict", "--json", ticket, tmp_path / "empty2.npy"), "empty2.npy", "no examples")
+    # a file declaring a huge image is refused from its header, before it is inflated
+    (tmp_path / "bomb.png").write_bytes(encode_png(np.zeros((1, 1), np.uint8)).replace(
+        b"IHDR" + (1).to_bytes(4, "big") * 2, b"IHDR" + (30000).to_bytes(4, "big") * 2))
+    assert_error(invoke("predict", ticket, tmp_path / "bomb.png"), "bomb.png", "30000x30000", "expects 28x28")
     assert invoke("predict", ticket).exit_code == 2  # no inputs: usage error
 
 
@@ -229,16 +246,35 @@ def test_eval_errors(tmp_path, ticket, bad_tickets):
 
     # the ticket takes 28x28 inputs; digits are 8x8
     assert_error(invoke("eval", ticket, "--dataset", "digits"), "digits", "(1, 8, 8)", "(1, 28, 28)")
-    assert_error(invoke("eval", ticket, "--dataset", "imagenet"), "unknown dataset")
     assert_error(invoke("eval", ticket, "--dataset", "fashion-mnist", "--data-dir", tmp_path / "empty"),
                  "not found")
-    assert_error(invoke("eval", ticket, "--dataset", "fashion-mnist", "--data-dir", SHARED_DATA, "--split", "dev"),
-                 "unknown split")
     for path, msg in bad_tickets.values():
         assert_error(invoke("eval", path, "--dataset", "fashion-mnist", "--data-dir", SHARED_DATA), msg)
     assert invoke("eval", ticket).exit_code == 2  # --dataset is required
     assert invoke("eval", ticket, "--dataset", "digits", "--device", "tpu").exit_code == 2
     assert invoke("eval", ticket, "--dataset", "digits", "--batch-size", "0").exit_code == 2
+
+
+def test_eval_dataset_and_split_are_choices(ticket):
+    # like `find`: a data set or split that does not exist is a usage error (exit 2) naming the choices
+    from supermask import datasets
+
+    r = invoke("eval", ticket, "--dataset", "imagenet")
+    assert r.exit_code == 2 and "Invalid value for '--dataset'" in r.output
+    assert all(name in r.output for name in datasets.DATASETS)
+    r = invoke("eval", ticket, "--dataset", "digits", "--split", "dev")
+    assert r.exit_code == 2 and "Invalid value for '--split'" in r.output and "'train', 'test'" in r.output
+    help_text = invoke("eval", "--help").output
+    assert "[train|test]" in help_text and "digits" in help_text
+
+
+def test_device_choices_come_from_the_runtime():
+    from supermask import cli_deploy
+
+    for command in cli_deploy.COMMANDS:
+        for p in command.params:
+            if p.name == "device":
+                assert tuple(p.type.choices) == smr.DEVICES
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has the CUDA provider; the GPU tests cover it")

@@ -83,3 +83,20 @@ def test_unknown_option_is_a_usage_error(tmp_path):
     shutil.copy(TINY, tmp_path / "t.smask")
     r = CliRunner().invoke(main, ["inspect", "--colour", str(tmp_path / "t.smask")])
     assert r.exit_code == 2 and "No such option" in r.output
+
+
+def test_writing_into_a_missing_folder_is_a_clear_error(tmp_path):
+    from supermask import ticket
+    from supermask.atomic import atomic_write
+    from supermask.errors import SupermaskError
+
+    import pytest
+
+    with pytest.raises(SupermaskError, match="does not exist"):
+        atomic_write(tmp_path / "no" / "such" / "file.bin", b"x")
+    with pytest.raises(SupermaskError, match="is a folder"):
+        atomic_write(tmp_path, b"x")
+    t = ticket.read_ticket(TINY)
+    with pytest.raises(SupermaskError, match="does not exist"):
+        ticket.write_ticket(tmp_path / "missing" / "t.smask", t.architecture, t.seed, t.init, dict(t.masks))
+    assert list(tmp_path.iterdir()) == []

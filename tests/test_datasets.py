@@ -85,6 +85,9 @@ def test_missing_dataset_error_names_the_paths_and_the_fix(tmp_path):
     msg = str(e.value)
     assert str(tmp_path / "fashion-mnist") in msg and "--download" in msg and "t10k-images-idx3-ubyte" in msg
     assert isinstance(e.value, SupermaskError)
+    # --download with --data-dir fetches into DIR/<name>/, not into the cache
+    assert f"--download to fetch them into {tmp_path / 'fashion-mnist'}" in msg
+    assert str(datasets.cache_dir()) not in msg and "SUPERMASK_DATA" not in msg
     with pytest.raises(DatasetError, match="cifar-10-batches-bin"):
         datasets.load("cifar10", "test", tmp_path)
 
@@ -134,6 +137,20 @@ def test_cifar_binary_batches(tmp_path):
         datasets.load("cifar10", "test", tmp_path)
 
 
+def test_unreadable_cifar_batch_is_a_dataset_error(tmp_path, monkeypatch):
+    folder = tmp_path / "cifar10" / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    for b in ["data_batch_%d.bin" % i for i in range(1, 6)] + ["test_batch.bin"]:
+        np.zeros((1, 3073), np.uint8).tofile(folder / b)
+
+    def unreadable(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(datasets.np, "fromfile", unreadable)
+    with pytest.raises(DatasetError, match="cannot read .*test_batch.bin: .*Permission denied"):
+        datasets.load("cifar10", "test", tmp_path)
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "fashion-mnist").is_dir(), reason="shared Fashion-MNIST files not present")
 def test_real_fashion_mnist_test_split():
     ds = datasets.load("fashion-mnist", "test", SHARED_DATA)
@@ -177,7 +194,7 @@ def test_download_from_mirror_verifies_and_caches(tmp_path, http_server, monkeyp
     _serve_mnist(root, monkeypatch, url)
     cache = tmp_path / "cache"
     monkeypatch.setenv("SUPERMASK_DATA", str(cache))
-    with pytest.raises(DatasetError, match="--download"):
+    with pytest.raises(DatasetError, match=f"--download to fetch them into {cache / 'mnist'} .*SUPERMASK_DATA"):
         datasets.load("mnist", "train")
     ds = datasets.load("mnist", "train", download=True)  # first mirror is dead, second works
     assert len(ds) == 12 and (cache / "mnist" / "train-images-idx3-ubyte.gz").is_file()
@@ -198,11 +215,10 @@ def test_download_checksum_mismatch_is_rejected(tmp_path, http_server, monkeypat
     assert not [p for p in (dest / "mnist").iterdir() if p.name.endswith(".tmp")]
 
 
-def test_cifar_download_extracts_only_the_batch_files(tmp_path, http_server, monkeypatch):
+def _serve_cifar(root: Path, url: str, monkeypatch) -> None:
     import io
     import tarfile
 
-    root, url = http_server
     archive = root / "cifar-10-binary.tar.gz"
     rec = np.zeros((2, 3073), dtype=np.uint8)
     rec[:, 0] = [3, 7]
@@ -217,11 +233,29 @@ def test_cifar_download_extracts_only_the_batch_files(tmp_path, http_server, mon
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     src = dataclasses.replace(datasets.SOURCES["cifar10"], mirrors=(url,), files=(("cifar-10-binary.tar.gz", md5),))
     monkeypatch.setitem(datasets.SOURCES, "cifar10", src)
+
+
+def test_cifar_download_extracts_only_the_batch_files(tmp_path, http_server, monkeypatch):
+    root, url = http_server
+    _serve_cifar(root, url, monkeypatch)
     ds = datasets.load("cifar10", "test", tmp_path / "d", download=True)
     assert ds.labels.tolist() == [3, 7] and ds.images.shape == (2, 3, 32, 32)
     extracted = sorted(p.name for p in (tmp_path / "d" / "cifar10" / "cifar-10-batches-bin").iterdir())
     assert extracted == sorted([f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"])
     assert not (tmp_path / "d" / "escape.bin").exists() and not (tmp_path / "escape.bin").exists()
+
+
+def test_cut_cifar_extraction_recovers_from_the_verified_archive(tmp_path, http_server, monkeypatch):
+    root, url = http_server
+    _serve_cifar(root, url, monkeypatch)
+    datasets.download_dataset("cifar10", tmp_path / "cifar10")
+    batches = tmp_path / "cifar10" / "cifar-10-batches-bin"
+    (batches / "test_batch.bin").unlink()  # as if killed while extracting
+    (batches / "data_batch_5.bin").unlink()
+    (root / "cifar-10-binary.tar.gz").unlink()  # nothing more to download: the archive must do
+    ds = datasets.load("cifar10", "test", tmp_path, download=True)
+    assert ds.labels.tolist() == [3, 7]
+    assert len(datasets.load("cifar10", "train", tmp_path)) == 10
 
 
 class _CutHandler(http.server.BaseHTTPRequestHandler):

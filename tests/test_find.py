@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from supermask import criteria as crit  # noqa: E402
 from supermask import datasets  # noqa: E402
 from supermask import find as F  # noqa: E402
 from supermask.cli import main  # noqa: E402
-from supermask.errors import RunError  # noqa: E402
+from supermask.errors import LockedError, RunError, SupermaskError, SweepError  # noqa: E402
 from supermask.ticket import read_ticket  # noqa: E402
 
 from helpers import SHARED_DATA, cuda_available  # noqa: E402
@@ -62,6 +63,36 @@ def test_config_hashes_are_pinned_and_split_by_stage():
     assert e.train_hash == c.train_hash and e.run_hash != c.run_hash
     assert F.FindConfig("lenet-300-100", "fashion-mnist", seed=1).train_hash != c.train_hash
     assert F.FindConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+
+def test_iterations_make_epochs_irrelevant_to_the_run_identity():
+    it = F.FindConfig("lenet-300-100", "fashion-mnist", iterations=400)
+    both = F.FindConfig("lenet-300-100", "fashion-mnist", epochs=5, iterations=400)
+    assert it == both and it.epochs is None and both.to_dict() == it.to_dict()
+    # Pinned. These changed once, when epochs stopped counting for runs with --iterations
+    # (it used to hold 20 or whatever --epochs said); find still reuses a folder written
+    # under the old rule, because it compares configs, not hash strings.
+    assert it.train_hash == "653e28f2cd16e0a7" and it.run_hash == "97a2931ccc12b32d"
+    assert F.FindConfig("lenet-300-100", "fashion-mnist", epochs=None).epochs == F.DEFAULT_EPOCHS
+    assert F.FindConfig("lenet-300-100", "fashion-mnist", epochs=5).train_hash != \
+        F.FindConfig("lenet-300-100", "fashion-mnist").train_hash
+
+
+def test_find_and_sweep_share_their_options():
+    from supermask.cli_report import sweep
+    from supermask.cli_train import find
+
+    def opts(cmd):
+        return {p.name: (p.default, p.help) for p in cmd.params}
+
+    f, s = opts(find), opts(sweep)
+    assert set(f) - set(s) == {"model", "dataset", "seed"}
+    assert set(s) - set(f) == {"models", "dataset_names", "seeds"}
+    for name in set(f) & set(s) - {"out"}:
+        assert f[name] == s[name], name
+    assert {"lr", "batch_size", "epochs", "iterations", "device"} <= set(s)
+    assert ",".join(map(str, F.DEFAULT_KEEPS)) in f["keeps"][1]
+    assert list(next(p for p in find.params if p.name == "device").type.choices) == list(F.DEVICES)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -189,6 +220,117 @@ def test_interrupted_evaluation_resumes_without_retraining(tmp_path):
     assert r.exit_code == 1 and r.output.startswith("Error: ") and "different run" in r.output
 
 
+def _killed_during(monkeypatch, step: str):
+    """Make ``step`` (a function of supermask.find) die as a SIGKILL would (nothing after it runs)."""
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(F, step, die)
+
+
+def test_pack_refuses_a_run_killed_during_a_new_evaluation(tmp_path, digits_run, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    cfg, _, _ = F.load_run(run)
+    other = F.FindConfig(**{**cfg.to_dict(), "selection": "global"})
+    with monkeypatch.context() as m:
+        _killed_during(m, "evaluate")
+        with pytest.raises(KeyboardInterrupt):
+            F.find(other, run, device="cpu", progress=False)
+    # config.json already names the global-selection run; the layerwise masks must not be packed
+    assert json.loads((run / "config.json").read_text())["run_hash"] == other.run_hash
+    with pytest.raises(RunError, match="not a finished find run"):
+        F.pack(run, tmp_path / "t.smask", keep=0.2)
+    # the original config is not "complete" either until it is evaluated again
+    assert not F.is_complete(run, cfg) and not F.is_complete(run, other)
+    F.find(cfg, run, device="cpu", progress=False)
+    assert F.is_complete(run, cfg)
+    assert (run / "results.json").read_bytes() == (digits_run / "results.json").read_bytes()
+    F.pack(run, tmp_path / "t.smask", keep=0.2)
+
+
+def test_a_run_written_under_the_old_epochs_rule_is_reused(tmp_path, digits_run):
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    # as written before epochs was dropped for runs with --iterations: other hash strings
+    conf = json.loads((run / "config.json").read_text())
+    conf["config"]["epochs"], conf["train_hash"], conf["run_hash"] = 20, "a796e1adf2f2c0cf", "c7c65b5cf36e80b2"
+    (run / "config.json").write_text(json.dumps(conf))
+    for name, key in (("train.json", "train_hash"), ("results.json", "run_hash")):
+        d = json.loads((run / name).read_text())
+        d[key] = conf[key]
+        (run / name).write_text(json.dumps(d))
+    stamp = (run / "weights.npz").stat().st_mtime_ns
+    cfg, _, _ = F.load_run(digits_run)
+    F.find(cfg, run, device="cpu", progress=False)  # neither refused as "a different run" nor retrained
+    assert (run / "weights.npz").stat().st_mtime_ns == stamp
+    assert json.loads((run / "train.json").read_text())["train_hash"] == cfg.train_hash
+    assert (run / "results.json").read_bytes() == (digits_run / "results.json").read_bytes()
+
+
+def test_load_run_refuses_results_of_another_config(tmp_path, digits_run):
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    conf = json.loads((run / "config.json").read_text())
+    conf["run_hash"] = "0123456789abcdef"  # as left by a run killed before results.json was replaced
+    (run / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(RunError, match="run is incomplete or from another config .*; re-run supermask find --out"):
+        F.load_run(run)
+    r = run_cli("pack", tmp_path / "x.smask", "--run", run)
+    assert r.exit_code == 1 and r.output.startswith("Error: ") and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("name, text, match", [
+    ("results.json", "[]", "results.json is malformed: expected a JSON object, found list"),
+    ("results.json", '{"run_hash": "HASH", "rows": [{"criterion": "dense"}]}', "row 0 has no valid 'keep'"),
+    ("results.json", '{"run_hash": "HASH", "rows": []}', "'rows' must be a non-empty list"),
+    ("results.json", '{"run_hash": "HASH", "rows": [1]}', "row 0 is not an object"),
+    ("config.json", '"text"', "config.json is malformed: expected a JSON object, found str"),
+])
+def test_malformed_run_files_are_run_errors(tmp_path, digits_run, name, text, match):
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    run_hash = json.loads((run / "config.json").read_text())["run_hash"]
+    (run / name).write_text(text.replace("HASH", run_hash))
+    with pytest.raises(RunError, match=match):
+        F.pack(run, tmp_path / "t.smask", keep=0.2)
+    if name == "config.json":  # find cannot tell whose folder it is: a clear error, not a traceback
+        r = run_cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--out", run, "-q")
+        assert r.exit_code == 1 and "config.json is malformed" in r.output and "Traceback" not in r.output
+
+
+def test_find_removes_stale_temporary_files(tmp_path, digits_run):
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    stale = [".weights.npz.k2_9abxy.tmp", ".results.json.00000000.tmp"]
+    kept = [".notes.tmp", "draft.tmp", ".weights.npz.tmp", ".x.abc.tmp"]
+    for n in stale + kept:
+        (run / n).write_bytes(b"partial")
+    r = run_cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--iterations", 150,
+                "--keep", "0.5,0.2,0.05", "--device", "cpu", "--out", run, "-q")
+    assert r.exit_code == 0, r.output
+    assert not any((run / n).exists() for n in stale)
+    assert all((run / n).exists() for n in kept)  # only names supermask.atomic gives are touched
+
+
+def test_unusable_run_folders_are_clear_errors(tmp_path):
+    from supermask.lock import folder_lock
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(SupermaskError, match="cannot lock the run folder .*afile"):
+        with folder_lock(afile, "run folder"):
+            pass
+    r = run_cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--out", afile / "run", "-q")
+    assert r.exit_code == 1 and r.output.startswith("Error: cannot create the run folder")
+    # the typed errors live in supermask.errors and stay importable where they were
+    from supermask import lock, sweep
+
+    assert lock.LockedError is LockedError and sweep.SweepError is SweepError
+    assert issubclass(LockedError, SupermaskError) and issubclass(SweepError, SupermaskError)
+
+
 def test_same_seed_gives_byte_identical_results_and_masks(tmp_path, digits_run):
     out = tmp_path / "again"
     r = run_cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--iterations", 150,
@@ -234,6 +376,18 @@ def test_packed_ticket_reproduces_the_run_accuracy_exactly(tmp_path, digits_run,
     np.testing.assert_array_equal(_ticket_predictions(ticket, ds), pred)
     for name, m in masks.items():
         np.testing.assert_array_equal(t.masks[name], m)
+    # the evaluation's masked weights and the ticket's are the same bits (pruned ones +0.0)
+    tw = t.weights(verify=True)
+    for name in masks:
+        np.testing.assert_array_equal(w[name].view(np.uint32), tw[name].view(np.uint32))
+
+
+def test_apply_mask_gives_positive_zeros():
+    w = np.array([-0.0, -1.5, 2.0, -3.0], dtype=np.float32)
+    out = F.apply_mask(w, np.array([True, False, True, False]))
+    assert out.dtype == np.float32 and out.view(np.uint32).tolist() == \
+        np.array([0.0, 0.0, 2.0, 0.0], dtype=np.float32).view(np.uint32).tolist()
+    assert w[1] == -1.5  # the input is not changed
 
 
 def test_signed_constant_ticket_weights_are_sign_of_init_times_constant(tmp_path, digits_run):

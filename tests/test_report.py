@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from supermask import report as R
 from supermask.cli import main
+from supermask.errors import ReportError
 
 from helpers import REPO
 
@@ -53,6 +56,9 @@ def test_report_rows_csv_and_json(tiny_report):
     assert {r["seed"] for r in rows} == {"0", "1"}
     assert {r["criterion"] for r in rows} == {"dense", "large_final_same_sign", "random"}
     assert {r["init"] for r in rows} == {"trained", "original", "signed-constant"}
+    # what a row's group is made of: both seeds share the training config, not the run's train hash
+    assert {(r["selection"], r["train_init"]) for r in rows} == {("layerwise", "kaiming_uniform")}
+    assert len({r["train_config"] for r in rows}) == 1 and len({r["train_hash"] for r in rows}) == 2
     for r in rows:
         assert 0 <= float(r["accuracy"]) <= 1
         assert int(r["dense_float32_bytes"]) == 4 * int(r["num_params"])
@@ -111,6 +117,47 @@ def test_report_errors_are_clear(tmp_path):
     assert r.exit_code == 1 and "no finished runs" in r.output
 
 
+def test_report_without_matplotlib_fails_before_writing(tiny_sweep, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    measured = []
+    monkeypatch.setattr(R, "measure", lambda *a, **k: measured.append(1) or [])
+    r = CliRunner().invoke(main, ["report", str(tiny_sweep), "-o", str(tmp_path / "out"), "-q"])
+    assert r.exit_code == 1 and r.output.startswith("Error: ") and "pip install 'supermask[report]'" in r.output
+    assert not measured and not (tmp_path / "out").exists()
+
+
+def test_report_refuses_a_run_given_twice(tiny_sweep, tmp_path):
+    run = tiny_sweep / "lenet-300-100-digits-s0"
+    r = CliRunner().invoke(main, ["report", str(run), str(tiny_sweep / ".." / tiny_sweep.name / run.name),
+                                  "-o", str(tmp_path / "out"), "-q"])
+    assert r.exit_code == 1 and "are the same run folder" in r.output and "Traceback" not in r.output
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    r = CliRunner().invoke(main, ["report", str(tiny_sweep), str(copy), "-o", str(tmp_path / "out"), "-q"])
+    assert r.exit_code == 1 and "would average one seed twice" in r.output and str(copy) in r.output
+    assert not (tmp_path / "out").exists()
+
+
+def _row(seed, accuracy, **kw):
+    base = dict(model="m", dataset="d", selection="layerwise", train_init="kaiming_uniform", train_config="c1",
+                criterion="random", init="original", keep=0.5, seed=seed, accuracy=accuracy, density=0.5,
+                num_weights=10, run=f"r{seed}")
+    return {**base, **{k: None for k in R.REPRESENTATIONS}, **kw}
+
+
+def test_aggregate_never_averages_different_configs():
+    rows = [_row(0, 0.5), _row(1, 0.7), _row(0, 0.1, selection="global"), _row(0, 0.2, train_config="c2"),
+            _row(0, 0.3, train_init="glorot_uniform")]
+    aggs = R.aggregate(rows)
+    assert len(aggs) == 4
+    same = next(a for a in aggs if a["selection"] == "layerwise" and a["train_config"] == "c1"
+                and a["train_init"] == "kaiming_uniform")
+    assert same["seeds"] == [0, 1] and same["accuracy_mean"] == pytest.approx(0.6)
+    assert sorted(a["accuracy_mean"] for a in aggs if a is not same) == [0.1, 0.2, 0.3]
+    with pytest.raises(ReportError, match="seed 0 appears twice"):
+        R.aggregate([_row(0, 0.5), _row(0, 0.5, run="elsewhere")])
+
+
 def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
     out = tmp_path / "sweep"
     args = [sys.executable, "-m", "supermask.cli", "sweep", "--models", "lenet-300-100", "--datasets", "digits",
@@ -124,10 +171,13 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
     p.wait()
     assert first.exists(), "the first run never finished"
     stamps = {f: f.stat().st_mtime_ns for f in first.parent.iterdir()}
+    stale = out / ".sweep.json.a1b2c3d4.tmp"  # as a kill during the manifest's write leaves it
+    stale.write_text("{")
     r = CliRunner().invoke(main, ["sweep", "--models", "lenet-300-100", "--datasets", "digits", "--seeds", "0,1,2",
                                   "--out", str(out), *FAST])
     assert r.exit_code == 0, r.output
     assert "3 of 3 runs finished" in r.output
+    assert not stale.exists()
     assert {f: f.stat().st_mtime_ns for f in first.parent.iterdir()} == stamps  # untouched
     manifest = json.loads((out / "sweep.json").read_text())
     assert [x["state"] for x in manifest["runs"]] == ["done"] * 3

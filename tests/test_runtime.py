@@ -63,6 +63,13 @@ def test_input_forms_and_dtypes_give_the_same_logits(lenet):
     (np.zeros((1, 1, 28, 28), np.complex64), "dtype"),
     (np.zeros((1, 1, 28, 28), bool), "dtype"),
     (np.array([{"a": 1}], dtype=object), "dtype"),
+    (np.zeros((0, 1, 28, 28), np.uint8), "no examples"),
+    (np.zeros((0, 28, 28), np.float32), "no examples"),
+    ([], "expects"),
+    (np.full((2, 1, 28, 28), np.nan, np.float32), "1,568 non-finite values"),
+    (np.where(np.arange(784).reshape(1, 28, 28) == 5, np.inf, 0.0), "1 non-finite value "),
+    (np.full((28, 28), -np.inf, np.float16), "784 non-finite"),
+    (np.full((1, 1, 28, 28), 1e300), "beyond the float32 range"),  # finite float64, inf as float32
 ])
 def test_bad_inputs_raise_input_error(lenet, bad, match):
     model = smr.load(lenet[0], device="cpu")
@@ -98,6 +105,23 @@ def test_evaluate_rejects_bad_labels(lenet):
         model.evaluate(np.zeros((4, 28, 28)), np.zeros(4, np.int64))
     with pytest.raises(InputError, match="batch size"):
         model.evaluate(x, np.zeros(4, np.int64), batch_size=0)
+    with pytest.raises(InputError, match="no images"):
+        model.evaluate(x[:0], np.zeros(0, np.int64))
+    bad = x.astype(np.float32)
+    bad[3, 0, 5, 5] = np.nan
+    with pytest.raises(InputError, match="1 non-finite value"):
+        model.evaluate(bad, np.zeros(4, np.int64), batch_size=2)
+
+
+def test_to_batch_rejects_non_finite_and_empty_inputs():
+    x = np.zeros((3, 1, 28, 28), np.float64)
+    assert smr.to_batch(x, (1, 28, 28)).dtype == np.float32
+    x[1, 0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="non-finite"):
+        smr.to_batch(x, (1, 28, 28))
+    with pytest.raises(InputError, match="no examples"):
+        smr.to_batch(np.zeros((0, 784), np.uint8), (784,))
+    np.testing.assert_array_equal(smr.to_batch(np.full((1, 784), 255, np.uint64), (784,)), 255.0)
 
 
 def test_load_accepts_a_ticket_object_and_the_committed_fixture():
@@ -249,3 +273,18 @@ def test_only_one_onnxruntime_build_in_this_environment():
     from supermask.runtime import model as rm
 
     assert len(rm.onnxruntime_distributions()) == 1
+
+
+def test_missing_test_data_is_reported_with_the_folder_looked_in(tmp_path):
+    # The deployment tests read Fashion-MNIST from shared/data beside the clone; without it they
+    # must say so and where they looked, not fail with a bare FileNotFoundError.
+    from deploy_helpers import FASHION, MissingTestData, fashion_file
+
+    missing = tmp_path / "shared" / "data" / "fashion-mnist"
+    with pytest.raises(MissingTestData, match="folder is missing") as e:
+        fashion_file("t10k-images-idx3-ubyte.gz", missing)
+    assert str(missing / "t10k-images-idx3-ubyte.gz") in str(e.value)
+    missing.mkdir(parents=True)
+    with pytest.raises(MissingTestData, match="folder has no t10k-labels-idx1-ubyte.gz"):
+        fashion_file("t10k-labels-idx1-ubyte.gz", missing)
+    assert fashion_file("t10k-images-idx3-ubyte.gz") == FASHION / "t10k-images-idx3-ubyte.gz"

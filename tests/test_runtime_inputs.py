@@ -87,6 +87,9 @@ def test_builtin_png_decoder_rejects_bad_files():
     bad_depth = good.replace(ihdr, struct.pack(">IIBBBBB", 4, 4, 16, 0, 0, 0, 0))
     with pytest.raises(ValueError, match="bit depth 16"):
         decode_png(bad_depth)
+    empty_palette = encode_png(img, color=3, palette=np.zeros((0, 3), np.uint8))
+    with pytest.raises(ValueError, match="bad PNG palette"):
+        decode_png(empty_palette)
 
 
 def test_pnm_decoder():
@@ -159,3 +162,124 @@ def test_read_input_npy_and_errors(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(InputError, match="cannot read image"):
         read_input(tmp_path / "bad.png", (1, 28, 28))
+
+
+# ------------------------------------------------------------ size checks and bounded work
+
+
+def _png_chunks(width, height, idat: bytes, color=0) -> bytes:
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+class _ZlibSpy:
+    """Stands in for the zlib module inside runtime.inputs: records how many bytes each
+    decompression call produced (and, with ``forbid``, fails on any call)."""
+
+    error = zlib.error
+
+    def __init__(self, forbid=False):
+        self.forbid, self.outputs = forbid, []
+
+    def _check(self):
+        if self.forbid:
+            raise AssertionError("decompression was attempted")
+
+    def decompress(self, data, *args, **kwargs):
+        self._check()
+        out = zlib.decompress(data, *args, **kwargs)
+        self.outputs.append(len(out))
+        return out
+
+    def decompressobj(self, *args, **kwargs):
+        self._check()
+        real, spy = zlib.decompressobj(*args, **kwargs), self
+
+        class Obj:
+            def decompress(self, data, max_length=0):
+                out = real.decompress(data, max_length)
+                spy.outputs.append(len(out))
+                return out
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+        return Obj()
+
+
+def _without_pillow(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pil(name, *args, **kwargs):
+        if name == "PIL" or name.startswith("PIL."):
+            raise ImportError("no Pillow here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pil)
+
+
+@pytest.mark.parametrize("pillow", [False, True])
+def test_image_size_is_checked_from_the_header_before_decompressing(tmp_path, monkeypatch, pillow):
+    # A tiny file that declares a 20000 x 20000 image (400 MB of pixels) must be refused from
+    # its header, for the model's 28x28 input, without inflating anything.
+    from supermask.runtime import inputs
+
+    if pillow:
+        pytest.importorskip("PIL.Image")
+    else:
+        _without_pillow(monkeypatch)
+    spy = _ZlibSpy(forbid=True)
+    monkeypatch.setattr(inputs, "zlib", spy)
+    (tmp_path / "huge.png").write_bytes(_png_chunks(20000, 20000, zlib.compress(b"\0" * 1000)))
+    with pytest.raises(InputError, match=r"huge.png: image is 20000x20000 pixels; the model expects 28x28"):
+        read_input(tmp_path / "huge.png", (1, 28, 28))
+    (tmp_path / "huge.pgm").write_bytes(b"P5 20000 20000 255\n" + b"\0" * 100)
+    with pytest.raises(InputError, match=r"image is 20000x20000 pixels; the model expects 28x28"):
+        read_input(tmp_path / "huge.pgm", (1, 28, 28))
+    assert spy.outputs == []
+
+
+def test_decode_png_checks_the_expected_size_first(monkeypatch):
+    from supermask.runtime import inputs
+
+    img = np.random.default_rng(5).integers(0, 256, (28, 28), dtype=np.uint8)
+    data = encode_png(img)
+    np.testing.assert_array_equal(decode_png(data, size=(28, 28)), img)
+    monkeypatch.setattr(inputs, "zlib", _ZlibSpy(forbid=True))
+    with pytest.raises(inputs.ImageSizeError, match="image is 28x28 pixels; expected 32x28"):
+        decode_png(data, size=(32, 28))
+    with pytest.raises(inputs.ImageSizeError):
+        decode_pnm(b"P5 28 28 255\n" + img.tobytes(), size=(28, 27))
+
+
+def test_png_decompression_is_bounded_by_the_header(monkeypatch):
+    # A "zlib bomb": a 28x28 header over a stream that inflates to 50 MB. The decoder must stop
+    # at the header's byte count (28 rows of 1 + 28 bytes) and refuse the file.
+    from supermask.runtime import inputs
+
+    spy = _ZlibSpy()
+    monkeypatch.setattr(inputs, "zlib", spy)
+    bomb = _png_chunks(28, 28, zlib.compress(b"\0" * 50_000_000, 9))
+    assert len(bomb) < 100_000
+    with pytest.raises(ValueError, match="longer than its 28x28 header"):
+        decode_png(bomb)
+    assert spy.outputs and max(spy.outputs) <= 28 * 29
+    with pytest.raises(ValueError, match="shorter than its 28x28 header"):
+        decode_png(_png_chunks(28, 28, zlib.compress(b"\0" * (28 * 29 - 1))))
+    # exactly the declared size (with a zlib trailer still to read) is fine
+    np.testing.assert_array_equal(decode_png(_png_chunks(28, 28, zlib.compress(b"\0" * 28 * 29))),
+                                  np.zeros((28, 28), np.uint8))
+
+
+def test_builtin_png_decoder_large_image_every_filter():
+    # Bigger than the per-filter test above, with rows of every filter mixed, several
+    # channel counts and odd widths: the vectorised Sub/Up and the per-byte Average/Paeth paths.
+    g = np.random.default_rng(11)
+    for shape in ((40, 33), (21, 35, 3), (17, 29, 4), (3, 1, 2)):
+        img = g.integers(0, 256, shape, dtype=np.uint8)
+        np.testing.assert_array_equal(decode_png(encode_png(img, filters=(1, 4, 2, 3, 1, 1, 0, 4, 3, 2))), img)

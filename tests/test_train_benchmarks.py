@@ -52,7 +52,8 @@ def test_reproduction_checks_and_table():
     mod = load_script("reproduce_supermasks")
     good = _rows(0, [0.7, 0.6, 0.6, 0.5, 0.3], [0.4, 0.4, 0.4, 0.4, 0.2], [0.1] * 5, [0.75, 0.7, 0.6, 0.5, 0.4])
     assert all(ok for _, ok in mod.checks({0: good}))
-    # large_final ties large_final_same_sign at one keep -> that check fails, the rest pass
+    # dense 87 % (under the 88 % threshold) and large_final tying large_final_same_sign at
+    # keep 0.05 -> exactly those two checks fail, the rest pass
     bad = _rows(1, [0.7, 0.6, 0.6, 0.5, 0.3], [0.4, 0.4, 0.4, 0.4, 0.3], [0.1] * 5, [0.75] * 5, dense=0.87)
     failed = [c for c, ok in mod.checks({1: bad}) if not ok]
     assert len(failed) == 2 and "dense 87.00 %" in failed[0] and "keep 0.05" in failed[1]
