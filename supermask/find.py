@@ -38,7 +38,7 @@ from . import datasets, rng
 from .arch import Architecture
 from .atomic import atomic_open, atomic_write
 from .errors import RunError, SupermaskError
-from .lock import folder_lock, remove_stale_temporaries
+from .lock import claim_folder
 
 log = logging.getLogger(__name__)
 
@@ -450,15 +450,7 @@ def find(cfg: FindConfig, out: str | os.PathLike, *, data_dir: str | None = None
 
         torch.set_num_threads(threads)
 
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunError(f"cannot create the run folder {out}: {e.strerror or e}; pick another --out") from None
-    with folder_lock(out, "run folder"):
-        stale = remove_stale_temporaries(out)
-        if stale:
-            log.info("removed %d temporary files left by an interrupted run in %s", len(stale), out)
+    with claim_folder(out, "run folder", RunError) as out:
         return _find_locked(cfg, out, data_dir, download, device, progress)
 
 

@@ -9,12 +9,15 @@ killed run never leaves a stale lock behind.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from pathlib import Path
 from typing import Iterator
 
 from .errors import LockedError, SupermaskError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["LOCK_NAME", "LockedError", "folder_lock", "remove_stale_temporaries"]
 
@@ -64,6 +67,21 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
                 p.unlink()
                 removed.append(p.name)
     return sorted(removed)
+
+
+@contextlib.contextmanager
+def claim_folder(folder: str | os.PathLike, what: str, error: type[SupermaskError] = SupermaskError) -> Iterator[Path]:
+    """Create ``folder`` if needed, hold its lock, and clear temporaries of killed writers."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise error(f"cannot create the {what} {folder}: {e.strerror or e}; pick another --out") from None
+    with folder_lock(folder, what):
+        stale = remove_stale_temporaries(folder)
+        if stale:
+            log.info("removed %d temporary files left by an interrupted write in %s", len(stale), folder)
+        yield folder
 
 
 def _lock(fd: int) -> None:

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from .atomic import atomic_write
 from .errors import SweepError
-from .lock import folder_lock, remove_stale_temporaries
+from .lock import claim_folder
 
 __all__ = ["SWEEP_FILE", "SweepError", "run_dirs", "run_name", "sweep"]
 
@@ -45,15 +45,7 @@ def sweep(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], 
         raise SweepError("a sweep needs at least one model, one dataset and one seed")
     if len(set(seeds)) != len(seeds):
         raise SweepError("seeds must not repeat")
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SweepError(f"cannot create the sweep folder {out}: {e.strerror or e}; pick another --out") from None
-    with folder_lock(out, "sweep folder"):
-        stale = remove_stale_temporaries(out)
-        if stale:
-            log.info("removed %d temporary files left by an interrupted sweep in %s", len(stale), out)
+    with claim_folder(out, "sweep folder", SweepError) as out:
         return _sweep_locked(models, datasets, seeds, out, data_dir, download, device, progress, threads,
                              find_options)
 
