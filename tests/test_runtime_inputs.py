@@ -102,16 +102,7 @@ def test_pnm_decoder():
 
 
 def test_read_input_without_pillow(tmp_path, monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_pil(name, *args, **kwargs):
-        if name == "PIL" or name.startswith("PIL."):
-            raise ImportError("no Pillow here")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_pil)
+    _without_pillow(monkeypatch)
     img = np.random.default_rng(1).integers(0, 256, (28, 28), dtype=np.uint8)
     (tmp_path / "a.png").write_bytes(encode_png(img))
     np.testing.assert_array_equal(read_input(tmp_path / "a.png", (1, 28, 28)), img[None, None])
