@@ -64,13 +64,14 @@ def format_summary(path: str, s: dict) -> str:
     for k, v in s["metadata"].items():
         shown = f"{v:.6g}" if isinstance(v, float) else v
         lines.append(f"{k:<11} {shown}" if len(k) < 12 else f"{k} {shown}")
-    rows = [("tensor", "shape", "role", "codec", "kept", "density", "bytes", "bits/w")]
+    scaled = any(t["multiplier"] != 1.0 for t in s["tensors"])
+    rows = [("tensor", "shape", "role", "codec", "kept", "density", "bytes", "bits/w") + (("x",) if scaled else ())]
     for t in s["tensors"]:
         rows.append((
             t["name"], "x".join(map(str, t["shape"])), t["role"], t["codec"] or "-",
             f"{t['num_kept']:,}", "-" if t["density"] is None else f"{100 * t['density']:.2f}%",
             f"{t['payload_bytes']:,}", "-" if t["bits_per_weight"] is None else f"{t['bits_per_weight']:.3f}",
-        ))
+        ) + ((f"{t['multiplier']:.6g}" if t["role"] != "zero" else "-",) if scaled else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines.append("")
     for r in rows:

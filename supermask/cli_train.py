@@ -10,7 +10,7 @@ import click
 from . import criteria as crit
 from . import datasets
 from .codecs import CODECS
-from .find import DEFAULT_EPOCHS, DEFAULT_KEEPS, DEFAULT_LR, DEVICES, INIT_VARIANTS, FindConfig
+from .find import DEFAULT_EPOCHS, DEFAULT_KEEPS, DEFAULT_LR, DEVICES, INIT_VARIANTS, METHOD_DEFAULTS, METHODS, FindConfig
 
 
 def _models() -> list[str]:
@@ -61,17 +61,35 @@ def find_options(f):
     two commands cannot drift apart. An option left out is None: the config's default.
     """
     lrs = ", ".join(f"{v:g} ({m})" for m, v in DEFAULT_LR.items())
+    ep, be = METHOD_DEFAULTS["edge-popup"], METHOD_DEFAULTS["bernoulli"]
     options = [
+        click.option("--method", type=click.Choice(list(METHODS)), default="criteria", show_default=True,
+                     help="criteria: train the dense net, derive masks from its weights; edge-popup / bernoulli: "
+                          "learn the masks over the frozen initial weights (docs/learned.md)."),
         click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
                      help="Folder with the data set files (DIR or DIR/<dataset>/). Default: the download cache."),
         click.option("--download", is_flag=True,
                      help="Download a missing data set (checked by MD5) into DIR/<dataset>/ with --data-dir, "
                           "else into the cache."),
-        click.option("--init", "init", type=click.Choice(_inits()), default=_default("init"), show_default=True,
-                     help="Initial weight distribution (bit-exact schemes only)."),
+        click.option("--init", "init", type=click.Choice(_inits()), default=None,
+                     help="Initial weight distribution (bit-exact schemes only). Default: "
+                          f"{METHOD_DEFAULTS['criteria']['init']} (criteria), {ep['init']} (learned)."),
+        click.option("--gain-sq", type=click.FloatRange(0, 1e6, min_open=True, max_open=True), default=None,
+                     help="Square of the init gain. Default 2 (ReLU networks); edge-popup: 2 / keep for each keep "
+                          "(scaled init, so a masked layer starts with the variance of a dense one)."),
         click.option("--lr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-                     help=f"Adam learning rate. Default: {lrs}."),
-        click.option("--batch-size", type=click.IntRange(1), default=_default("batch_size"), show_default=True),
+                     help=f"Learning rate. Default for criteria (Adam): {lrs}; edge-popup (SGD): {ep['lr']:g}; "
+                          f"bernoulli (Adam): {be['lr']:g}."),
+        click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=None,
+                     help=f"edge-popup: SGD momentum (default {ep['momentum']:g})."),
+        click.option("--weight-decay", type=click.FloatRange(0, 1, max_open=True), default=None,
+                     help=f"Learned methods: weight decay on the scores (default {ep['weight_decay']:g} edge-popup, "
+                          f"{be['weight_decay']:g} bernoulli)."),
+        click.option("--rescale/--no-rescale", default=None,
+                     help="bernoulli: dynamic weight rescaling, n/kept per layer (default on)."),
+        click.option("--batch-size", type=click.IntRange(1), default=None,
+                     help=f"Default {METHOD_DEFAULTS['criteria']['batch_size']} (criteria), "
+                          f"{ep['batch_size']} (learned)."),
         click.option("--epochs", type=click.IntRange(1), default=None,
                      help=f"Training epochs (default {DEFAULT_EPOCHS}; ignored when --iterations is given)."),
         click.option("--iterations", type=click.IntRange(1), default=None, help="Training steps (overrides --epochs)."),
@@ -80,7 +98,8 @@ def find_options(f):
                           f"{', '.join(crit.CRITERIA)}."),
         click.option("--keep", "keeps", callback=_float_list, default=None,
                      help="Comma-separated fractions of weights to keep "
-                          f"(default {','.join(map(str, DEFAULT_KEEPS))})."),
+                          f"(default {','.join(map(str, DEFAULT_KEEPS))}); with edge-popup each keep is "
+                          "one training. Not for bernoulli, which learns its density."),
         click.option("--selection", type=click.Choice(list(crit.SELECTIONS)), default=_default("selection"),
                      show_default=True,
                      help="Top-k per layer (output layer pruned at half the rate) or over all layers at once."),
@@ -97,8 +116,8 @@ def find_options(f):
 
 
 #: The find_options that are FindConfig fields; the rest say where and how to run.
-CONFIG_OPTIONS = ("init", "lr", "batch_size", "epochs", "iterations", "criteria", "keeps", "selection",
-                  "train_limit", "test_limit")
+CONFIG_OPTIONS = ("method", "init", "gain_sq", "lr", "momentum", "weight_decay", "rescale", "batch_size", "epochs",
+                  "iterations", "criteria", "keeps", "selection", "train_limit", "test_limit")
 
 
 def split_options(opts: dict) -> tuple[dict, dict]:
@@ -119,11 +138,13 @@ def split_options(opts: dict) -> tuple[dict, dict]:
               help="Run directory. Default: runs/<model>-<dataset>-s<seed>-<config hash>.")
 @find_options
 def find(model, dataset, seed, out, **opts):
-    """Train a dense network once, then score, select and evaluate supermasks.
+    """Find supermasks and measure the untrained masked network.
 
-    Every (criterion, keep) supermask is evaluated on the *untrained* masked network, with
-    the original initial weights and with their signed constants, next to the dense trained
-    accuracy. Results go to OUT/results.json; re-running resumes finished stages.
+    With --method criteria (the default) a dense network is trained once and every
+    (criterion, keep) mask is derived from its weights, then evaluated with the original
+    initial weights and with their signed constants, next to the dense trained accuracy.
+    With --method edge-popup or bernoulli the masks are learned directly over the frozen
+    initial weights. Results go to OUT/results.json; re-running resumes where it stopped.
     """
     from .find import find as run_find
 
@@ -142,7 +163,13 @@ def find(model, dataset, seed, out, **opts):
 def format_results(res: dict) -> str:
     """A text table: dense accuracy, then accuracy per criterion x keep for both init variants."""
     rows = res["rows"]
-    dense = next(r for r in rows if r["criterion"] == "dense")
+    dense = next((r for r in rows if r["criterion"] == "dense"), None)
+    if dense is None:  # a learned run: one row per learned mask
+        lines = [f"learned supermasks ({rows[0]['criterion']}), untrained masked network on {rows[0]['total']} "
+                 f"test images:", f"{'keep':>8} {'density':>8} {'accuracy %':>11}"]
+        for r in sorted(rows, key=lambda r: -r["keep"]):
+            lines.append(f"{r['keep']:>8.4g} {100 * r['density']:>7.2f}% {100 * r['accuracy']:>11.2f}")
+        return "\n".join(lines)
     keeps = sorted({r["keep"] for r in rows if r["criterion"] != "dense"}, reverse=True)
     lines = [f"dense trained accuracy {100 * dense['accuracy']:.2f} % on {dense['total']} test images",
              "supermask accuracy (untrained masked network), % by keep:"]
@@ -161,8 +188,8 @@ def format_results(res: dict) -> str:
 @click.argument("ticket", type=click.Path(dir_okay=False, path_type=str))
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=str),
               help="A finished `supermask find` run directory.")
-@click.option("--criterion", type=click.Choice(list(crit.CRITERIA)), default=crit.DEFAULT_CRITERION,
-              show_default=True)
+@click.option("--criterion", type=click.Choice([*crit.CRITERIA, "edge-popup", "bernoulli"]), default=None,
+              help=f"Which masks: default the run's learned method, or {crit.DEFAULT_CRITERION} for a criteria run.")
 @click.option("--keep", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Fraction kept. Default: the keep with the best accuracy in the run's results.")
 @click.option("--init", "init", type=click.Choice(list(INIT_VARIANTS)), default="original",
@@ -180,7 +207,7 @@ def pack(ticket, run_dir, criterion, keep, init, codec, as_json):
         click.echo(json.dumps(s, indent=2))
     else:
         acc = s["metadata"].get("accuracy")
-        click.echo(f"wrote {ticket}: {s['file_bytes']:,} bytes, {criterion} keep {t.keep:g} ({init}), "
+        click.echo(f"wrote {ticket}: {s['file_bytes']:,} bytes, {t.criterion} keep {t.keep:g} ({init}), "
                    f"density {100 * s['density']:.2f} %"
                    + (f", accuracy {100 * acc:.2f} % in the run" if acc is not None else ""))
 

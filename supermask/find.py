@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import criteria as crit
-from . import datasets, rng
+from . import datasets, learn, rng
 from .arch import Architecture
 from .atomic import atomic_open, atomic_write
 from .errors import RunError, SupermaskError
@@ -47,12 +47,27 @@ RUN_FORMAT = 1
 DEFAULT_LR = {"lenet-300-100": 1.2e-3, "conv2": 2e-4, "conv4": 3e-4, "conv6": 3e-4}
 DEFAULT_KEEPS = (0.5, 0.3, 0.2, 0.1, 0.05)
 DEFAULT_EPOCHS = 20
+METHODS = learn.METHODS
+#: Defaults of the learned methods (see docs/learned.md for where they come from).
+METHOD_DEFAULTS = {
+    "criteria": {"init": "kaiming_uniform", "batch_size": 60},
+    "edge-popup": {"init": "signed_kaiming_constant", "batch_size": 128, "lr": 0.1, "momentum": 0.9,
+                   "weight_decay": 1e-4},
+    "bernoulli": {"init": "signed_kaiming_constant", "batch_size": 128, "lr": 0.1, "weight_decay": 0.0,
+                  "rescale": True},
+}
+#: Fields that only some methods use (None elsewhere).
+_METHOD_FIELDS = {"momentum": ("edge-popup",), "weight_decay": ("edge-popup", "bernoulli"),
+                  "rescale": ("bernoulli",)}
 INIT_VARIANTS = ("original", "signed-constant")
 DEVICES = ("auto", "cpu", "cuda")
 # Fields that change what training produces; the rest only change the evaluation. ``epochs``
 # is None whenever ``iterations`` is set, so it never splits identical training runs.
 _TRAIN_FIELDS = ("model", "dataset", "seed", "init", "gain_sq", "lr", "batch_size", "epochs", "iterations",
-                 "train_limit")
+                 "train_limit", "method", "momentum", "weight_decay", "rescale")
+# Fields added after the first runs were made: left out of the hashes while they hold the value
+# that means "not used", so the folders of earlier criteria runs keep their identity.
+_ABSENT = {"method": "criteria", "momentum": None, "weight_decay": None, "rescale": None}
 
 
 def _floats(v: Sequence[float], what: str) -> tuple[float, ...]:
@@ -74,17 +89,21 @@ class FindConfig:
     model: str
     dataset: str
     seed: int = 0
-    init: str = "kaiming_uniform"
-    gain_sq: float = 2.0
+    init: str | None = None  # None: the method's default
+    gain_sq: float | None = None  # None: 2, or 2 / keep for edge-popup (scaled init)
     lr: float | None = None
-    batch_size: int = 60
+    batch_size: int | None = None
     epochs: int | None = DEFAULT_EPOCHS  # None: the default; always None when iterations is set
     iterations: int | None = None  # overrides epochs when set
-    criteria: tuple[str, ...] = tuple(crit.CRITERIA)
-    keeps: tuple[float, ...] = DEFAULT_KEEPS
+    criteria: tuple[str, ...] | None = None  # criteria method only; None: all of them
+    keeps: tuple[float, ...] | None = None  # None: DEFAULT_KEEPS; the bernoulli method has none
     selection: str = "layerwise"
     train_limit: int | None = None  # use only the first N training images (smoke tests)
     test_limit: int | None = None  # evaluate on only the first N test images
+    method: str = "criteria"
+    momentum: float | None = None  # edge-popup: SGD momentum
+    weight_decay: float | None = None  # learned methods: weight decay on the scores
+    rescale: bool | None = None  # bernoulli: dynamic weight rescaling
 
     def __post_init__(self) -> None:
         from . import models
@@ -93,17 +112,41 @@ class FindConfig:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(models.REGISTRY)}")
         if self.dataset not in datasets.DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(datasets.DATASETS)}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        defaults = METHOD_DEFAULTS[self.method]
+        for name, users in _METHOD_FIELDS.items():
+            v = getattr(self, name)
+            if self.method not in users:
+                if v is not None:
+                    raise ValueError(f"{name} applies to --method {' or '.join(users)} only, not {self.method}")
+                continue
+            v = defaults[name] if v is None else v
+            if name == "rescale":
+                if not isinstance(v, bool):
+                    raise ValueError(f"rescale must be true or false, got {v!r}")
+            elif isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise ValueError(f"{name} must be a number in [0, 1), got {v!r}")
+            else:
+                v = float(v)
+            object.__setattr__(self, name, v)
+        object.__setattr__(self, "init", defaults["init"] if self.init is None else self.init)
+        object.__setattr__(self, "batch_size", defaults["batch_size"] if self.batch_size is None else self.batch_size)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
             raise ValueError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+        if self.gain_sq is None and self.method != "edge-popup":
+            object.__setattr__(self, "gain_sq", 2.0)
         try:
-            spec = rng.InitSpec(self.init, self.gain_sq)
+            spec = rng.InitSpec(self.init, 2.0 if self.gain_sq is None else self.gain_sq)
         except SupermaskError as e:
             raise ValueError(str(e)) from None
         if not spec.exact:
             raise ValueError(f"init {self.init!r} is not bit-exact across machines; use a uniform or "
                              f"signed-constant scheme ({', '.join(s for s in rng.SCHEMES if 'normal' not in s)})")
-        object.__setattr__(self, "gain_sq", spec.gain_sq)
-        lr = DEFAULT_LR[self.model] if self.lr is None else float(self.lr)
+        if self.gain_sq is not None:
+            object.__setattr__(self, "gain_sq", spec.gain_sq)
+        default_lr = DEFAULT_LR[self.model] if self.method == "criteria" else defaults["lr"]
+        lr = default_lr if self.lr is None else float(self.lr)
         if not 0 < lr < 1:
             raise ValueError(f"learning rate must be in (0, 1), got {lr:g}")
         object.__setattr__(self, "lr", lr)
@@ -116,20 +159,42 @@ class FindConfig:
         # One canonical form per training run: --iterations overrides --epochs, so epochs
         # is dropped then (and defaults to DEFAULT_EPOCHS otherwise).
         object.__setattr__(self, "epochs", None if self.iterations is not None else self.epochs or DEFAULT_EPOCHS)
-        names = tuple(self.criteria)
-        if not names:
-            raise ValueError("give at least one criterion")
-        for c in names:
-            crit.get(c)
-        if len(set(names)) != len(names):
-            raise ValueError("criteria has duplicate names")
-        object.__setattr__(self, "criteria", names)
-        object.__setattr__(self, "keeps", _floats(self.keeps, "keep"))
         if self.selection not in crit.SELECTIONS:
             raise ValueError(f"unknown selection {self.selection!r}; choose one of {', '.join(crit.SELECTIONS)}")
+        if self.method == "criteria":
+            names = tuple(crit.CRITERIA) if self.criteria is None else tuple(self.criteria)
+            if not names:
+                raise ValueError("give at least one criterion")
+            for c in names:
+                crit.get(c)
+            if len(set(names)) != len(names):
+                raise ValueError("criteria has duplicate names")
+            object.__setattr__(self, "criteria", names)
+        else:
+            if self.criteria:
+                raise ValueError(f"criteria apply to --method criteria only; --method {self.method} learns its masks")
+            if self.selection != "layerwise":
+                raise ValueError(f"--method {self.method} selects per layer; --selection {self.selection} "
+                                 f"applies to --method criteria only")
+            object.__setattr__(self, "criteria", ())
+        if self.method == "bernoulli":
+            if self.keeps:
+                raise ValueError("--method bernoulli learns how much to keep; --keep does not apply to it")
+            object.__setattr__(self, "keeps", ())
+        else:
+            object.__setattr__(self, "keeps", _floats(DEFAULT_KEEPS if self.keeps is None else self.keeps, "keep"))
 
     @property
     def init_spec(self) -> rng.InitSpec:
+        """The init of the run (of keep 1, for an edge-popup run with the scaled default)."""
+        return self.init_for(None)
+
+    def init_for(self, keep: float | None) -> rng.InitSpec:
+        """The init the masks of ``keep`` go with. By default edge-popup scales the variance
+        by 1/keep (gain² = 2 / keep; Ramanujan et al. 2020), so the masked layers start with
+        the variance of a dense Kaiming layer."""
+        if self.gain_sq is None:
+            return rng.InitSpec(self.init, 2.0 / (keep or 1.0))
         return rng.InitSpec(self.init, self.gain_sq)
 
     def to_dict(self) -> dict:
@@ -149,9 +214,14 @@ class FindConfig:
                 d[k] = tuple(d[k])
         return cls(**d)
 
+    @property
+    def learned(self) -> bool:
+        return self.method != "criteria"
+
     def _hash(self, keys: Sequence[str]) -> str:
         d = self.to_dict()
-        canon = json.dumps({k: d[k] for k in keys}, sort_keys=True, separators=(",", ":"))
+        canon = json.dumps({k: d[k] for k in keys if k not in _ABSENT or d[k] != _ABSENT[k]}, sort_keys=True,
+                           separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
     @property
@@ -269,6 +339,40 @@ class Progress:
             self.stream.write("\n")
 
 
+class TrainMeter:
+    """Running loss and accuracy of a training loop, for the progress bar and the history.
+
+    The sums stay on the device; one sync every ``every`` steps (and at the end) keeps a
+    loop as fast as a bare one.
+    """
+
+    def __init__(self, total: int, label: str, progress: bool, device: str, history: list[dict],
+                 every: int = 200):
+        import torch
+
+        self.total, self.every, self.history = total, every, history
+        self.bar = Progress(total, label, progress)
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.steps = self.seen = 0
+
+    def step(self, it: int, loss, out, labels) -> None:
+        self.loss += loss.detach()
+        self.correct += (out.detach().argmax(1) == labels).sum()
+        self.steps += 1
+        self.seen += labels.shape[0]
+        if (it + 1) % self.every == 0 or it + 1 == self.total:
+            lv, acc = self.loss.item() / self.steps, self.correct.item() / self.seen
+            self.history.append({"iteration": it + 1, "loss": lv, "train_accuracy": acc})
+            self.bar.update(it + 1, loss=lv, acc=acc)
+            self.loss.zero_()
+            self.correct.zero_()
+            self.steps = self.seen = 0
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 # ------------------------------------------------------------------------------- torch parts
 
 
@@ -319,11 +423,8 @@ def train(cfg: FindConfig, arch: Architecture, train_set: datasets.Dataset, devi
     # The shuffling generator is explicit and seeded from (seed, "shuffle"): no global state.
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int(rng.raw_words(cfg.seed, "shuffle", 1)[0] >> np.uint64(1)))
-    bar = Progress(total, "train", progress)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
-    history = []
+    history: list[dict] = []
+    meter = TrainMeter(total, "train", progress, device, history)
     t0 = time.perf_counter()
     net.train()
     perm = None
@@ -338,18 +439,8 @@ def train(cfg: FindConfig, arch: Architecture, train_set: datasets.Dataset, devi
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        loss_sum += loss.detach()
-        correct += (out.detach().argmax(1) == yb).sum()
-        seen += bs
-        if (it + 1) % 200 == 0 or it + 1 == total:
-            # One device sync per 200 steps keeps the loop as fast as a bare one.
-            lv, acc = loss_sum.item() / (seen / bs), correct.item() / seen
-            history.append({"iteration": it + 1, "loss": lv, "train_accuracy": acc})
-            bar.update(it + 1, loss=lv, acc=acc)
-            loss_sum.zero_()
-            correct.zero_()
-            seen = 0
-    bar.close()
+        meter.step(it, loss, out, yb)
+    meter.close()
     seconds = time.perf_counter() - t0
     weights = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in net.state_dict().items()}
     summary = {
@@ -474,6 +565,9 @@ def _find_locked(cfg: FindConfig, out: Path, data_dir: str | None, download: boo
     }))
     atomic_write(out / "architecture.json", _json(arch.to_dict()))
 
+    if cfg.learned:
+        return _learn_and_evaluate(cfg, out, arch, test_set, dev, data_dir, download, progress)
+
     train_json = out / "train.json"
     if train_json.exists() and _read_json(train_json).get("train_hash") in train_hashes:
         log.info("reusing trained weights in %s", out)
@@ -534,6 +628,85 @@ def evaluate(cfg: FindConfig, arch: Architecture, w_final: Mapping[str, np.ndarr
     return rows, mask_arrays
 
 
+# ------------------------------------------------------------------------------- learned masks
+
+
+def stage_name(cfg: FindConfig, keep: float | None) -> str:
+    """File stem of one learned training in ``OUT/scores/``: ``keep-<keep>`` or the method name."""
+    return cfg.method if keep is None else f"keep-{keep!r}"
+
+
+def _learn_and_evaluate(cfg: FindConfig, out: Path, arch: Architecture, test_set: datasets.Dataset, device: str,
+                        data_dir: str | None, download: bool, progress: bool) -> dict:
+    """Train scores for each keep (one stage each, resumable from per-epoch checkpoints), then
+    evaluate every final mask on the untrained network."""
+    folder = out / "scores"
+    folder.mkdir(exist_ok=True)
+    stages: dict[str, dict] = {}
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    keeps: list[float | None] = list(cfg.keeps) or [None]
+    data = None
+    for keep in keeps:
+        tag = stage_name(cfg, keep)
+        done = folder / f"{tag}.json"
+        if done.exists() and _read_json(done).get("train_hash") == cfg.train_hash:
+            scores[tag], stages[tag] = load_npz(folder / f"{tag}.npz"), _read_json(done)
+            continue
+        if data is None:
+            data = _to_device(datasets.load(cfg.dataset, "train", data_dir, download), arch, device, cfg.train_limit)
+        w_init = initial_weights(arch, cfg.seed, cfg.init_for(keep))
+        s, summary = learn.train_scores(
+            cfg.method, arch, w_init, *data, seed=cfg.seed, keep=keep, lr=cfg.lr, momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, iterations=cfg.iterations, epochs=cfg.epochs,
+            rescale=bool(cfg.rescale), device=device, checkpoint=folder / f"{tag}.ckpt", progress=progress,
+            label=f"{cfg.method} {tag}", fingerprint=f"{cfg.train_hash}/{tag}")
+        save_npz(folder / f"{tag}.npz", s)  # before the .json that marks the stage done
+        summary["train_hash"] = cfg.train_hash
+        atomic_write(done, _json(summary))
+        (folder / f"{tag}.ckpt").unlink(missing_ok=True)
+        scores[tag], stages[tag] = s, summary
+    atomic_write(out / "train.json", _json({"method": cfg.method, "train_hash": cfg.train_hash, "stages": stages}))
+
+    x, y = _to_device(test_set, arch, device, cfg.test_limit)
+    y_np = y.cpu().numpy()
+    total = int(y_np.shape[0])
+    base = {"model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed, "selection": cfg.selection,
+            "method": cfg.method}
+    rows, mask_arrays = [], {}
+    for keep in keeps:
+        tag = stage_name(cfg, keep)
+        w_init = initial_weights(arch, cfg.seed, cfg.init_for(keep))
+        masks = {n: learn.final_mask(cfg.method, s, keep) for n, s in scores[tag].items()}
+        factors = learned_multipliers(cfg, masks)
+        kept = sum(int(m.sum()) for m in masks.values())
+        size = sum(m.size for m in masks.values())
+        row_keep = keep if keep is not None else kept / size
+        for n, m in masks.items():
+            mask_arrays[mask_key(cfg.method, row_keep, n)] = np.packbits(m.reshape(-1), bitorder="little")
+        weights = {n: learn.scaled_masked(w, masks[n], factors.get(n, 1.0)) if n in masks else np.zeros_like(w)
+                   for n, w in w_init.items()}
+        correct, _ = accuracy(arch, weights, x, y_np, device)
+        row = {**base, "criterion": cfg.method, "keep": row_keep, "init": "original", "accuracy": correct / total,
+               "gain_sq": cfg.init_for(keep).gain_sq, "correct": correct, "total": total, "density": kept / size,
+               "layer_densities": {n: int(m.sum()) / m.size for n, m in masks.items()}}
+        if factors:
+            row["multipliers"] = factors
+        rows.append(row)
+    save_npz(out / "masks.npz", mask_arrays)
+    res = {"format": RUN_FORMAT, "run_hash": cfg.run_hash, "config": cfg.to_dict(), "test_examples": total,
+           "rows": rows}
+    atomic_write(out / "results.json", _json(res))
+    return res
+
+
+def learned_multipliers(cfg: FindConfig, masks: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Per-tensor weight multipliers of a learned run's final masks: ``n / kept`` for Bernoulli
+    masks with dynamic rescaling, none otherwise. Derived from the masks alone."""
+    if cfg.method == "bernoulli" and cfg.rescale:
+        return {n: learn.multiplier(m) for n, m in masks.items()}
+    return {}
+
+
 # ------------------------------------------------------------------------------- pack
 
 
@@ -562,6 +735,8 @@ def load_run(run: str | os.PathLike) -> tuple[FindConfig, Architecture, dict]:
     """
     run = Path(run)
     need = ["config.json", "architecture.json", "train.json", "weights.npz", "results.json", "masks.npz"]
+    if (run / "scores").is_dir():  # a learned run keeps scores, not trained weights
+        need.remove("weights.npz")
     missing = [n for n in need if not (run / n).exists()]
     if missing:
         raise RunError(f"{run} is not a finished find run (missing {', '.join(missing)}); run `supermask find` "
@@ -602,31 +777,54 @@ def run_masks(run: str | os.PathLike, cfg: FindConfig, arch: Architecture, crite
     if all(k in stored for k in keys):
         return {p.name: np.unpackbits(stored[k], count=p.size, bitorder="little").astype(bool).reshape(p.shape)
                 for p, k in zip(names, keys)}
+    if cfg.learned:
+        have = sorted({float(k.split("/")[1]) for k in stored if k.startswith(f"{criterion}/")}, reverse=True)
+        raise RunError(f"{run} has no learned {criterion} mask for keep {keep:g}; it has keep "
+                       f"{', '.join(f'{v:g}' for v in have) or 'none'} (learn another keep with "
+                       f"`supermask find --method {cfg.method} --keep ...`)")
     w_final = load_npz(run / "weights.npz")
     w_init = initial_weights(arch, cfg.seed, cfg.init_spec)
     return compute_masks(cfg, arch, w_init, w_final, criterion, keep)
 
 
-def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str = crit.DEFAULT_CRITERION,
+def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | None = None,
          keep: float | None = None, init: str = "original", codec: str = "auto"):
     """Write the ticket of one supermask of a finished run; return the parsed :class:`Ticket`.
 
-    ``keep=None`` takes the keep with the best test accuracy in ``results.json``. The
-    ticket's metadata records the data set and the accuracy ``find`` measured.
+    ``criterion=None`` means the run's learned method, or ``large_final_same_sign`` for a
+    criteria run. ``keep=None`` takes the keep with the best test accuracy in
+    ``results.json``. The ticket's metadata records the data set and the accuracy ``find``
+    measured; a Bernoulli mask learned with rescaling carries its per-layer multipliers.
     """
     from .ticket import write_ticket
 
-    crit.get(criterion)
     cfg, arch, results = load_run(run)
-    spec = variant_init(cfg, init)
+    if cfg.learned:
+        criterion = criterion or cfg.method
+        if criterion != cfg.method:
+            raise RunError(f"{run} learned its masks with --method {cfg.method}; it has no {criterion!r} masks "
+                           f"(pack it with --criterion {cfg.method}, or pack a `--method criteria` run)")
+        if init != "original":
+            raise RunError(f"a learned mask goes with the weights it was learned over; --init {init} applies to "
+                           f"criteria runs only")
+    else:
+        criterion = criterion or crit.DEFAULT_CRITERION
+        if criterion in learn.LEARNED_METHODS:
+            raise RunError(f"{run} is a criteria run; learn {criterion} masks with `supermask find --method "
+                           f"{criterion}`")
+        crit.get(criterion)
     row = pick_row(results, criterion, keep, init)
     if keep is None:
         if row is None:
             raise RunError(f"{run} has no results for criterion {criterion!r} with init {init!r}; "
                            f"give --keep or evaluate that criterion with `supermask find --criteria`")
         keep = row["keep"]
+    # a learned run's init may depend on the keep (scaled edge-popup init); Bernoulli has one
+    spec = (cfg.init_for(keep if cfg.method == "edge-popup" else None) if cfg.learned
+            else variant_init(cfg, init))
     masks = run_masks(run, cfg, arch, criterion, keep)
     meta = {
+        **({"method": cfg.method} if cfg.learned else {}),
         "dataset": cfg.dataset,
         "model": cfg.model,
         "init_variant": init,
@@ -637,4 +835,4 @@ def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str = cri
         "test_examples": row["total"] if row else None,
     }
     return write_ticket(out, arch, cfg.seed, spec, masks, codec=codec, criterion=criterion, keep=keep,
-                        metadata=meta)
+                        metadata=meta, multipliers=learned_multipliers(cfg, masks))

@@ -367,15 +367,72 @@ def _plots(aggs: list[dict]) -> dict[str, bytes]:
             xs, ys = [p[0] for p in f], [p[1] for p in f]
             ax.step(xs + [max(p[0] for p in points)], ys + [ys[-1]], where="post", color="black", linewidth=1.2,
                     label="size-accuracy frontier")
-        ax.set_xscale("log")
-        ax.set_xlabel("file size (bytes, log scale)")
-        ax.set_ylabel("test accuracy (%, mean over seeds)")
-        ax.set_title(f"{name}: accuracy against file size, every criterion, init and keep", fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-        fig.tight_layout()
-        out[f"accuracy_vs_size_{stem}.png"] = _png(fig, plt)
+        out[f"accuracy_vs_size_{stem}.png"] = _size_axes(
+            fig, ax, plt, "file size (bytes, log scale)",
+            f"{name}: accuracy against file size, every criterion, init and keep", 8)
+    out.update(_methods_plots(aggs, plt))
     return out
+
+
+LEARNED = ("edge-popup", "bernoulli")
+
+
+def _methods_plots(aggs: list[dict], plt) -> dict[str, bytes]:
+    """One plot per (model, dataset): test accuracy against ticket size (the smaller codec) for
+    every mask series of every run, learned and heuristic together."""
+    out: dict[str, bytes] = {}
+    for model, dataset in sorted({(a["model"], a["dataset"]) for a in aggs}):
+        here = [a for a in aggs if (a["model"], a["dataset"]) == (model, dataset)]
+        series: dict[tuple, list[dict]] = defaultdict(list)
+        for a in here:
+            if a["criterion"] != "dense" and a.get("ticket_entropy_bytes") is not None:
+                series[(a["criterion"], a["init"], a["train_config"], a["train_init"])].append(a)
+        if not series:
+            continue
+        configs = defaultdict(set)
+        for c, _, tc, _ in series:
+            configs[c].add(tc)
+        fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+        colours = plt.get_cmap("tab10")
+        learned_i = 0
+        for (c, init, tc, train_init), pts in sorted(series.items(), key=lambda kv: (kv[0][0] in LEARNED, kv[0])):
+            pts = sorted(pts, key=lambda a: min(a["ticket_bitpack_bytes"], a["ticket_entropy_bytes"]))
+            x = [min(a["ticket_bitpack_bytes"], a["ticket_entropy_bytes"]) for a in pts]
+            y = [100 * a["accuracy_mean"] for a in pts]
+            label = f"{c} ({train_init})" if c in LEARNED else f"{c} ({init})"
+            if len(configs[c]) > 1:
+                label += f" [{tc[:8]}]"
+            if c in LEARNED:
+                ax.plot(x, y, marker="o", linewidth=2, color=colours(learned_i % 10), label=label, zorder=3)
+                learned_i += 1
+            elif c == "large_final_same_sign":
+                ax.plot(x, y, marker="s", linewidth=1.4, linestyle="--", label=label, zorder=2,
+                        color="black" if init == "original" else "dimgray")
+            else:
+                ax.plot(x, y, linewidth=0.8, color="silver", alpha=0.8, zorder=1)
+        if any(a["criterion"] not in LEARNED and a["criterion"] not in ("dense", "large_final_same_sign")
+               for s in series.values() for a in s):
+            ax.plot([], [], linewidth=0.8, color="silver", label="other criteria")
+        dense = [a for a in here if a["criterion"] == "dense"]
+        if dense:
+            ax.axhline(100 * dense[0]["accuracy_mean"], color="black", linestyle=":", linewidth=1.2,
+                       label=f"dense, trained ({_kb(dense[0]['dense_onnx_bytes'])} ONNX)")
+        out[f"accuracy_vs_ticket_{model}_{dataset}.png"] = _size_axes(
+            fig, ax, plt, "ticket size (bytes, smaller codec; log scale)",
+            f"{model} on {dataset}: learned and heuristic supermasks by ticket size", 7)
+    return out
+
+
+def _size_axes(fig, ax, plt, xlabel: str, title: str, legend_size: int) -> bytes:
+    """Finish a plot of accuracy against a size on a log axis; return its PNG bytes."""
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%, mean over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=legend_size, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
+    return _png(fig, plt)
 
 
 def _png(fig, plt) -> bytes:

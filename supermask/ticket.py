@@ -1,16 +1,21 @@
 """The ``.smask`` ticket: (architecture, seed, init spec, packed masks) in one small file.
 Torch-free.
 
-Layout (version 1; the normative text is ``docs/format.md``)::
+Layout (versions 1 and 2; the normative text is ``docs/format.md``)::
 
     offset  size  field
     0       8     magic  89 53 4D 41 53 4B 0D 0A  ("\\x89SMASK\\r\\n")
-    8       2     format version, uint16 little-endian (1)
+    8       2     format version, uint16 little-endian (1 or 2)
     10      2     reserved, zero
     12      4     header length H, uint32 little-endian (1 <= H <= 4 MiB)
     16      H     header: UTF-8 JSON object
     16+H    P     mask payloads, one per masked tensor, in header order, back to back
     end-32  32    SHA-256 of every byte before it
+
+Version 2 adds one optional tensor field, ``multiplier`` (a float32 by which the masked
+weights are multiplied, for example the dynamic rescaling of a Bernoulli supermask). A writer
+uses version 1 whenever no tensor has a multiplier other than 1, so a version-1 reader still
+reads every ticket that does not need the new field, and refuses the others by their version.
 
 A ticket is untrusted input: :func:`decode_ticket` checks sizes, the checksum, every header
 field and every payload length before it allocates anything, and only raises
@@ -44,7 +49,8 @@ from .errors import (
 )
 
 MAGIC = b"\x89SMASK\r\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this module reads and writes
+READ_VERSIONS = (1, 2)
 SUFFIX = ".smask"
 _PREFIX = struct.Struct("<8sHHI")
 _DIGEST = 32
@@ -53,7 +59,7 @@ MAX_FILE_BYTES = 1 << 34
 DEFAULT_MAX_WEIGHTS = 1 << 30
 ROLES = ("masked", "regenerated", "zero")
 _TOP_KEYS = {"architecture", "seed", "generator", "init", "criterion", "keep", "tensors", "metadata"}
-_TENSOR_KEYS = {"name", "shape", "role", "init", "fingerprint", "codec", "offset", "length", "num_kept"}
+_TENSOR_KEYS = {"name", "shape", "role", "init", "fingerprint", "codec", "offset", "length", "num_kept", "multiplier"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class TensorEntry:
     offset: int = 0
     length: int = 0
     num_kept: int | None = None
+    multiplier: float = 1.0
 
     @property
     def size(self) -> int:
@@ -82,6 +89,8 @@ class TensorEntry:
             d["fingerprint"] = self.fingerprint
         if self.role == "masked":
             d.update(codec=self.codec, offset=self.offset, length=self.length, num_kept=self.num_kept)
+        if self.multiplier != 1.0:
+            d["multiplier"] = float(self.multiplier).hex()
         return d
 
 
@@ -115,6 +124,7 @@ class Ticket:
 
     def weights(self, verify: bool = True) -> dict[str, np.ndarray]:
         """Every parameter as float32: masked init weights, regenerated weights, zero biases.
+        A tensor with a multiplier is ``(w * mask) * multiplier``, one float32 rounding.
 
         With ``verify`` (the default) each regenerated tensor is checked against the
         fingerprint in the ticket; a mismatch raises :class:`VerificationError`.
@@ -126,6 +136,9 @@ class Ticket:
                 rng.verify(w, t.distribution, t.fingerprint, t.name)
             if t.role == "masked":
                 np.multiply(w, self.masks[t.name], out=w)
+            if t.multiplier != 1.0:
+                w *= np.float32(t.multiplier)
+            if t.role != "zero":
                 w += np.float32(0.0)  # -0.0 -> +0.0: pruned weights are exactly +0.0
             out[t.name] = w
         return out
@@ -155,6 +168,7 @@ class Ticket:
                 "codec": t.codec,
                 "payload_bytes": t.length,
                 "bits_per_weight": (8 * t.length / t.size) if t.size and t.role == "masked" else None,
+                "multiplier": t.multiplier,
             })
         n = self.num_weights
         return {
@@ -204,6 +218,16 @@ def _check_keep(keep: object) -> float | None:
     return float(keep)
 
 
+def _check_multiplier(v: object, name: str) -> float:
+    """A tensor multiplier: a positive, finite float32 value."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)):
+        raise TicketFormatError(f"multiplier of {name!r} must be a number, got {v!r:.40}")
+    v = float(v)
+    if not (math.isfinite(v) and v > 0 and float(np.float32(v)) == v and math.isfinite(np.float32(v))):
+        raise TicketFormatError(f"multiplier of {name!r} must be a positive finite float32 value, got {v!r}")
+    return v
+
+
 def _check_criterion(c: object) -> str | None:
     if c is None:
         return None
@@ -222,13 +246,20 @@ def encode_ticket(
     criterion: str | None = None,
     keep: float | None = None,
     metadata: Mapping | None = None,
+    multipliers: Mapping[str, float] | None = None,
 ) -> bytes:
     """The bytes of a ticket. Weight tensors without a mask are stored as ``regenerated``
-    (kept whole); biases are ``zero``. Masks are matched to tensors by name."""
+    (kept whole); biases are ``zero``. Masks and ``multipliers`` (float32 values, 1 when
+    absent) are matched to tensors by name. The file is version 1 unless a multiplier needs 2."""
     params = architecture.params()
-    unknown = set(masks) - {p.name for p in params if p.kind == "weight"}
+    weight_names = {p.name for p in params if p.kind == "weight"}
+    unknown = set(masks) - weight_names
     if unknown:
         raise TicketFormatError(f"masks given for tensors the architecture has no weight for: {sorted(unknown)}")
+    factors = {k: _check_multiplier(v, k) for k, v in (multipliers or {}).items()}
+    if set(factors) - weight_names:
+        raise TicketFormatError(f"multipliers given for tensors the architecture has no weight for: "
+                                f"{sorted(set(factors) - weight_names)}")
     seed = rng._check_seed(seed)
     entries, payloads, offset = [], [], 0
     for p in params:
@@ -238,8 +269,10 @@ def encode_ticket(
         scale = init.scale(p.fan_in, p.fan_out)
         w0 = rng.generate(seed, p.name, p.shape, init.distribution, scale)
         fp = rng.fingerprint(w0, init.distribution)
+        factor = factors.get(p.name, 1.0)
         if p.name not in masks:
-            entries.append(TensorEntry(p.name, p.shape, "regenerated", init.distribution, scale, fp))
+            entries.append(TensorEntry(p.name, p.shape, "regenerated", init.distribution, scale, fp,
+                                       multiplier=factor))
             continue
         m = np.asarray(masks[p.name])
         if m.shape != p.shape:
@@ -250,7 +283,7 @@ def encode_ticket(
             m = m.astype(bool)
         used, blob = codecs.encode(m, codec)
         entries.append(TensorEntry(p.name, p.shape, "masked", init.distribution, scale, fp, used,
-                                   offset, len(blob), int(np.count_nonzero(m))))
+                                   offset, len(blob), int(np.count_nonzero(m)), factor))
         payloads.append(blob)
         offset += len(blob)
     header = {
@@ -266,7 +299,8 @@ def encode_ticket(
     hbytes = json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
     if len(hbytes) > MAX_HEADER_BYTES:
         raise TicketFormatError(f"header of {len(hbytes)} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
-    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(hbytes)) + hbytes + b"".join(payloads)
+    version = 2 if any(e.multiplier != 1.0 for e in entries) else 1
+    body = _PREFIX.pack(MAGIC, version, 0, len(hbytes)) + hbytes + b"".join(payloads)
     return body + hashlib.sha256(body).digest()
 
 
@@ -329,11 +363,13 @@ def _is_hex_float(v: object) -> bool:
         return False
 
 
-def _parse_tensor(d: object, p: Param, init: rng.InitSpec) -> TensorEntry:
+def _parse_tensor(d: object, p: Param, init: rng.InitSpec, version: int) -> TensorEntry:
     if not isinstance(d, dict):
         raise _fail("each tensor entry must be an object")
     name = p.name
     extra = set(d) - _TENSOR_KEYS
+    if version < 2 and "multiplier" in d:
+        extra.add("multiplier")
     if extra:
         raise _fail(f"tensor {name!r} has unknown fields {sorted(map(str, extra))[:10]}")
     shape = d.get("shape")
@@ -347,6 +383,16 @@ def _parse_tensor(d: object, p: Param, init: rng.InitSpec) -> TensorEntry:
         need |= {"init", "fingerprint"}
     if role == "masked":
         need |= {"codec", "offset", "length", "num_kept"}
+    factor = 1.0
+    if "multiplier" in d and role != "zero":
+        m = d["multiplier"]
+        try:
+            factor = _check_multiplier(float.fromhex(m), name) if _is_hex_float(m) else None
+        except TicketFormatError:
+            factor = None
+        if factor is None or factor == 1.0:
+            raise _fail(f"tensor {name!r}: multiplier {m!r:.40} must be a hex float32 other than 1")
+        need.add("multiplier")
     if set(d) != need:
         raise _fail(f"tensor {name!r} with role {role} must have exactly the fields {sorted(need)}")
     if role == "zero":
@@ -379,7 +425,7 @@ def _parse_tensor(d: object, p: Param, init: rng.InitSpec) -> TensorEntry:
     if not ok:
         raise _fail(f"tensor {name!r}: malformed fingerprint")
     if role == "regenerated":
-        return TensorEntry(name, p.shape, role, init.distribution, scale, fp)
+        return TensorEntry(name, p.shape, role, init.distribution, scale, fp, multiplier=factor)
     codec = d["codec"]
     if codec not in codecs.CODECS:
         raise _fail(f"tensor {name!r}: unknown codec {codec!r:.40}; this reader knows {', '.join(codecs.CODECS)}")
@@ -391,7 +437,7 @@ def _parse_tensor(d: object, p: Param, init: rng.InitSpec) -> TensorEntry:
         raise _fail(f"tensor {name!r}: entropy payload length {length} is not a positive multiple of 4")
     return TensorEntry(name, p.shape, role, init.distribution, scale, fp, codec,
                        _int_field(d["offset"], f"tensor {name!r} offset", 0, MAX_FILE_BYTES), length,
-                       _int_field(d["num_kept"], f"tensor {name!r} num_kept", 0, n))
+                       _int_field(d["num_kept"], f"tensor {name!r} num_kept", 0, n), factor)
 
 
 def decode_ticket(data: bytes | bytearray | memoryview, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> Ticket:
@@ -405,10 +451,10 @@ def decode_ticket(data: bytes | bytearray | memoryview, *, max_weights: int = DE
     magic, version, reserved, hlen = _PREFIX.unpack_from(data, 0)
     if magic != MAGIC:
         raise _fail(f"not a supermask ticket (starts with {bytes(magic)!r}, expected {MAGIC!r})")
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise UnsupportedVersionError(
-            f"ticket format version {version}; this reader supports version {FORMAT_VERSION} "
-            "(upgrade supermask to read newer tickets)")
+            f"ticket format version {version}; this reader supports versions "
+            f"{', '.join(map(str, READ_VERSIONS))} (upgrade supermask to read newer tickets)")
     if reserved != 0:
         raise _fail("reserved header bytes are not zero")
     if not 1 <= hlen <= MAX_HEADER_BYTES:
@@ -451,7 +497,9 @@ def decode_ticket(data: bytes | bytearray | memoryview, *, max_weights: int = DE
         raise _fail(f"tensor names {sorted(by_name)[:8]} do not match the architecture's {[p.name for p in params][:8]}")
     if [r["name"] for r in rows] != [p.name for p in params]:
         raise _fail("tensor table must follow the architecture's parameter order")
-    entries = tuple(_parse_tensor(by_name[p.name], p, init) for p in params)
+    entries = tuple(_parse_tensor(by_name[p.name], p, init, version) for p in params)
+    if version == 2 and all(e.multiplier == 1.0 for e in entries):
+        raise _fail("a version-2 ticket must use a version-2 field (a tensor multiplier); write it as version 1")
 
     payload_start = _PREFIX.size + hlen
     payload_size = size - _DIGEST - payload_start

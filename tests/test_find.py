@@ -28,13 +28,7 @@ needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="shared Fashion-
 SMALL = dict(model="lenet-300-100", dataset="digits", iterations=150, keeps=(0.5, 0.2, 0.05))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core machine run several times faster on one thread.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_cli(*args):

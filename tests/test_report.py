@@ -76,7 +76,8 @@ def test_report_plots_and_markdown(tiny_report):
     pngs = sorted(p.name for p in tiny_report.glob("*.png"))
     assert pngs == ["accuracy_vs_keep_lenet-300-100_digits_original.png",
                     "accuracy_vs_keep_lenet-300-100_digits_signed-constant.png",
-                    "accuracy_vs_size_lenet-300-100_digits.png"]
+                    "accuracy_vs_size_lenet-300-100_digits.png",
+                    "accuracy_vs_ticket_lenet-300-100_digits.png"]
     for name in pngs:
         assert _png_size(tiny_report / name) == (800, 500)
     md = (tiny_report / "report.md").read_text()
