@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError, RuntimeUnavailableError, SupermaskError
+from ..prediction import predict_classes
 from ..ticket import Ticket, read_ticket
 from .inputs import to_batch
 
@@ -143,8 +144,9 @@ class Model:
         return self.session.run([self._output], {self._input: batch})[0]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Predicted class indices (N,) int64 for raw inputs ``x`` (see :meth:`logits`)."""
-        return self.logits(x).argmax(axis=1)
+        """Predicted class indices (N,) int64 for raw inputs ``x`` (see :meth:`logits`); ties
+        within float32 noise go to the lowest index (:mod:`supermask.prediction`)."""
+        return predict_classes(self.logits(x))
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Softmax probabilities (N, classes) float32 for raw inputs ``x``."""
@@ -190,7 +192,7 @@ class Model:
                 z = binding.copy_outputs_to_cpu()[0]
             else:
                 z = self.session.run([self._output], {self._input: batch})[0]
-            correct += int(np.count_nonzero(z.argmax(axis=1) == labels[a:a + batch_size]))
+            correct += int(np.count_nonzero(predict_classes(z) == labels[a:a + batch_size]))
         seconds = time.perf_counter() - start
         n = int(images.shape[0])
         accuracy = correct / n

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import InputError, SupermaskError
 from .inputs import read_input
+from ..prediction import predict_classes
 from .model import DEFAULT_BATCH_SIZE, load
 
 
@@ -87,15 +88,19 @@ def predict_files(
     k = max(1, min(int(top_k), len(model.classes)))
     rows = []
     for path, batch in batches:
-        probs = np.concatenate([model.predict_proba(batch[a:a + DEFAULT_BATCH_SIZE])
-                                for a in range(0, batch.shape[0], DEFAULT_BATCH_SIZE)] or [np.zeros((0, 1))])
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        logits = np.concatenate([model.logits(batch[a:a + DEFAULT_BATCH_SIZE])
+                                 for a in range(0, batch.shape[0], DEFAULT_BATCH_SIZE)] or [np.zeros((0, 1))])
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        best = predict_classes(logits) if len(logits) else np.zeros(0, np.int64)
         for i in range(batch.shape[0]):
-            c = int(order[i, 0])
+            c = int(best[i])  # the shared rule decides ties; the rest follow by probability
+            rest = [int(j) for j in np.argsort(-probs[i], kind="stable") if j != c]
+            order = [c] + rest[:k - 1]
             rows.append({
                 "input": path, "index": i, "class": c, "label": model.classes[c],
                 "probability": float(probs[i, c]),
-                "top": [[model.classes[int(j)], float(probs[i, j])] for j in order[i]],
+                "top": [[model.classes[j], float(probs[i, j])] for j in order],
             })
     return {"ticket": str(ticket), "provider": model.provider, "providers": model.providers,
             "note": model.note, "predictions": rows}

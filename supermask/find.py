@@ -39,6 +39,7 @@ from .arch import Architecture
 from .atomic import atomic_open, atomic_write
 from .errors import RunError, SupermaskError
 from .lock import claim_folder
+from .prediction import predict_classes
 
 log = logging.getLogger(__name__)
 
@@ -388,14 +389,15 @@ def _to_device(ds: datasets.Dataset, arch: Architecture, device: str, limit: int
 
 
 def predict(net, x, batch: int = 2000) -> np.ndarray:
-    """Argmax predictions (int64) of ``net`` on preprocessed inputs ``x``."""
+    """Predictions (int64) of ``net`` on preprocessed inputs ``x``: the runtime's rule
+    (:func:`supermask.prediction.predict_classes`), so torch and onnxruntime agree on ties."""
     import torch
 
     out = []
     with torch.inference_mode():
         for i in range(0, x.shape[0], batch):
-            out.append(net(x[i:i + batch]).argmax(1))
-    return torch.cat(out).cpu().numpy().astype(np.int64)
+            out.append(net(x[i:i + batch]).float().cpu().numpy())
+    return predict_classes(np.concatenate(out))
 
 
 def initial_weights(arch: Architecture, seed: int, init: rng.InitSpec) -> dict[str, np.ndarray]:
