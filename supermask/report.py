@@ -43,7 +43,7 @@ REPRESENTATIONS = {
 }
 #: What identifies a group of rows that differ only in their seed (with criterion, init, keep).
 #: ``train_config`` is FindConfig.train_config_hash: the training config apart from the seed.
-TASK_FIELDS = ("model", "dataset", "selection", "train_init", "train_config")
+TASK_FIELDS = ("model", "dataset", "method", "selection", "train_init", "train_config")
 COLUMNS = [
     *TASK_FIELDS, "criterion", "init", "keep", "seed", "accuracy", "density", "num_weights",
     "num_params", *REPRESENTATIONS, "bits_per_weight_bitpack", "bits_per_weight_entropy", "train_hash", "run",
@@ -119,7 +119,8 @@ def measure(run_dirs: Sequence[str | os.PathLike], *, artifacts: str | os.PathLi
 
 def _identity(cfg) -> dict:
     """The fields of TASK_FIELDS that come from a run's config rather than its result rows."""
-    return {"selection": cfg.selection, "train_init": cfg.init, "train_config": cfg.train_config_hash}
+    return {"method": cfg.method, "selection": cfg.selection, "train_init": cfg.init,
+            "train_config": cfg.train_config_hash}
 
 
 def check_runs(run_dirs: Sequence[str | os.PathLike]) -> dict[Path, tuple]:
@@ -221,17 +222,22 @@ def best_per_budget(aggs: Sequence[dict], budgets: Sequence[int] = BUDGETS) -> l
 
 
 def _tasks(aggs: Sequence[dict]) -> list[tuple[list[dict], str, str]]:
-    """(aggregates, title, file name stem) for each (model, dataset, selection, training config).
+    """(aggregates, title, file name stem) for each (model, dataset, method, selection, training
+    config).
 
-    Titles and names grow the selection and training config only when one (model, dataset)
-    has several, so the common report of one config keeps short names.
+    Names grow the method (when learned) and, when one (model, dataset, method) has several
+    configs, the selection and training config, so the common report of one config keeps
+    short names.
     """
     keys = sorted({tuple(a[k] for k in TASK_FIELDS) for a in aggs})
     out = []
     for key in keys:
-        model, dataset, selection, train_init, train_config = key
+        model, dataset, method, selection, train_init, train_config = key
         title, stem = f"{model} on {dataset}", f"{model}_{dataset}"
-        if sum(k[:2] == key[:2] for k in keys) > 1:
+        if method != "criteria":
+            title += f", learned by {method}"
+            stem += f"_{method}"
+        if sum(k[:3] == key[:3] for k in keys) > 1:
             title += f" ({selection} selection, trained from {train_init}, training config {train_config[:8]})"
             stem += f"_{selection}_{train_config[:8]}"
         out.append(([a for a in aggs if tuple(a[k] for k in TASK_FIELDS) == key], title, stem))
@@ -403,7 +409,8 @@ def _methods_plots(aggs: list[dict], plt) -> dict[str, bytes]:
             if len(configs[c]) > 1:
                 label += f" [{tc[:8]}]"
             if c in LEARNED:
-                ax.plot(x, y, marker="o", linewidth=2, color=colours(learned_i % 10), label=label, zorder=3)
+                ax.plot(x, y, marker="oD^v"[learned_i % 4], markersize=7 - 2 * (c == "edge-popup"),
+                        linewidth=2, color=colours(learned_i % 10), label=label, zorder=4 - (c == "edge-popup"))
                 learned_i += 1
             elif c == "large_final_same_sign":
                 ax.plot(x, y, marker="s", linewidth=1.4, linestyle="--", label=label, zorder=2,

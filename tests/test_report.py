@@ -140,7 +140,8 @@ def test_report_refuses_a_run_given_twice(tiny_sweep, tmp_path):
 
 
 def _row(seed, accuracy, **kw):
-    base = dict(model="m", dataset="d", selection="layerwise", train_init="kaiming_uniform", train_config="c1",
+    base = dict(model="m", dataset="d", method="criteria", selection="layerwise", train_init="kaiming_uniform",
+                train_config="c1",
                 criterion="random", init="original", keep=0.5, seed=seed, accuracy=accuracy, density=0.5,
                 num_weights=10, run=f"r{seed}")
     return {**base, **{k: None for k in R.REPRESENTATIONS}, **kw}
