@@ -191,7 +191,8 @@ def format_results(res: dict) -> str:
 @click.option("--criterion", type=click.Choice([*crit.CRITERIA, "edge-popup", "bernoulli"]), default=None,
               help=f"Which masks: default the run's learned method, or {crit.DEFAULT_CRITERION} for a criteria run.")
 @click.option("--keep", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Fraction kept. Default: the keep with the best accuracy in the run's results.")
+              help="Fraction kept. Default: the keep with the best accuracy in the run's results. "
+                   "Not for a bernoulli run, which holds one mask of a learned density.")
 @click.option("--init", "init", type=click.Choice(list(INIT_VARIANTS)), default="original",
               show_default=True, help="Initial weights of the ticket: the run's own or their signed constants.")
 @click.option("--codec", type=click.Choice(["auto", *CODECS]), default="auto", show_default=True,

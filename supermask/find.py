@@ -184,6 +184,13 @@ class FindConfig:
             object.__setattr__(self, "keeps", ())
         else:
             object.__setattr__(self, "keeps", _floats(DEFAULT_KEEPS if self.keeps is None else self.keeps, "keep"))
+            if self.method == "edge-popup" and self.gain_sq is None:
+                for k in self.keeps:  # the scaled init, gain^2 = 2 / keep, has to be a valid init
+                    try:
+                        self.init_for(k)
+                    except SupermaskError:
+                        raise ValueError(f"keep {k:g} is too small for the scaled init (gain^2 = 2 / keep = "
+                                         f"{2 / k:g}); give a larger keep, or fix the init with --gain-sq") from None
 
     @property
     def init_spec(self) -> rng.InitSpec:
@@ -326,14 +333,15 @@ class Progress:
             return
         frac = done / self.total if self.total else 1.0
         rate = done / max(time.perf_counter() - self.start, 1e-9)
+        rate_s = f"{rate:,.0f}" if rate >= 10 else f"{rate:.2f}"  # slow loops (conv on a CPU) need the digits
         extra = "  ".join(f"{k} {v:.4f}" for k, v in stats.items())
         if self.tty:
             bar = "#" * int(30 * frac)
-            self.stream.write(f"\r{self.label} [{bar:<30}] {done}/{self.total} {extra}  {rate:,.0f} it/s")
+            self.stream.write(f"\r{self.label} [{bar:<30}] {done}/{self.total} {extra}  {rate_s} it/s")
             self.stream.flush()
         elif int(frac * 10) > self._last_decile:
             self._last_decile = int(frac * 10)
-            self.stream.write(f"{self.label} {done}/{self.total} ({100 * frac:.0f} %) {extra}  {rate:,.0f} it/s\n")
+            self.stream.write(f"{self.label} {done}/{self.total} ({100 * frac:.0f} %) {extra}  {rate_s} it/s\n")
 
     def close(self) -> None:
         if self.enabled and self.tty:
@@ -369,6 +377,15 @@ class TrainMeter:
             self.loss.zero_()
             self.correct.zero_()
             self.steps = self.seen = 0
+
+    def state(self) -> list:
+        """The partial window (for a checkpoint): loss sum, correct count, steps, examples."""
+        return [self.loss.detach().cpu().clone(), self.correct.detach().cpu().clone(), self.steps, self.seen]
+
+    def load_state(self, st: list) -> None:
+        self.loss.copy_(st[0])
+        self.correct.copy_(st[1])
+        self.steps, self.seen = int(st[2]), int(st[3])
 
     def close(self) -> None:
         self.bar.close()
@@ -781,8 +798,8 @@ def run_masks(run: str | os.PathLike, cfg: FindConfig, arch: Architecture, crite
                 for p, k in zip(names, keys)}
     if cfg.learned:
         have = sorted({float(k.split("/")[1]) for k in stored if k.startswith(f"{criterion}/")}, reverse=True)
-        raise RunError(f"{run} has no learned {criterion} mask for keep {keep:g}; it has keep "
-                       f"{', '.join(f'{v:g}' for v in have) or 'none'} (learn another keep with "
+        raise RunError(f"{run} has no learned {criterion} mask for keep {keep}; it has keep "
+                       f"{', '.join(str(v) for v in have) or 'none'} (learn another keep with "
                        f"`supermask find --method {cfg.method} --keep ...`)")
     w_final = load_npz(run / "weights.npz")
     w_init = initial_weights(arch, cfg.seed, cfg.init_spec)
@@ -809,6 +826,9 @@ def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | Non
         if init != "original":
             raise RunError(f"a learned mask goes with the weights it was learned over; --init {init} applies to "
                            f"criteria runs only")
+        if keep is not None and not cfg.keeps:
+            raise RunError(f"{run} learned its density with --method {cfg.method} and holds one mask; "
+                           f"leave out --keep")
     else:
         criterion = criterion or crit.DEFAULT_CRITERION
         if criterion in learn.LEARNED_METHODS:
@@ -816,11 +836,11 @@ def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | Non
                            f"{criterion}`")
         crit.get(criterion)
     row = pick_row(results, criterion, keep, init)
-    if keep is None:
-        if row is None:
-            raise RunError(f"{run} has no results for criterion {criterion!r} with init {init!r}; "
-                           f"give --keep or evaluate that criterion with `supermask find --criteria`")
-        keep = row["keep"]
+    if keep is None and row is None:
+        raise RunError(f"{run} has no results for criterion {criterion!r} with init {init!r}; "
+                       f"give --keep or evaluate that criterion with `supermask find --criteria`")
+    if row is not None:
+        keep = row["keep"]  # the run's own value, not the one typed (0.1 for 0.1000000000001)
     # a learned run's init may depend on the keep (scaled edge-popup init); Bernoulli has one
     spec = (cfg.init_for(keep if cfg.method == "edge-popup" else None) if cfg.learned
             else variant_init(cfg, init))

@@ -212,33 +212,51 @@ def train_scores(method: str, arch: Architecture, weights: Mapping[str, np.ndarr
     bs = min(batch_size, n)
     per_epoch = n // bs
     total = iterations or epochs * per_epoch
-    sample_gen = torch.Generator(device=device)
-    sample_gen.manual_seed(_seed_of(seed, "bernoulli-samples"))
-    shuffle_gen = torch.Generator(device="cpu")
-    shuffle_gen.manual_seed(_seed_of(seed, "shuffle"))
-    masker = _Masker(method, arch, weights, initial_scores(arch, seed), keep, rescale, device, sample_gen)
-    params = masker.params()
-    if method == "edge-popup":
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    device_type = torch.device(device).type
 
-    start, history, seconds = 0, [], 0.0
+    def fresh():
+        sample_gen.manual_seed(_seed_of(seed, "bernoulli-samples"))
+        shuffle_gen.manual_seed(_seed_of(seed, "shuffle"))
+        m = _Masker(method, arch, weights, initial_scores(arch, seed), keep, rescale, device, sample_gen)
+        if method == "edge-popup":
+            o = torch.optim.SGD(m.params(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        else:
+            o = torch.optim.Adam(m.params(), lr=lr, weight_decay=weight_decay)
+        return m, o
+
+    sample_gen = torch.Generator(device=device)
+    shuffle_gen = torch.Generator(device="cpu")
+    masker, opt = fresh()
+    params = masker.params()
+    start, history, seconds, meter_state = 0, [], 0.0, None
     state = _load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.exists() else None
     if state is not None and (state.get("fingerprint") != fingerprint or state.get("total") != total):
         log.warning("checkpoint %s belongs to another config; training this stage from the start", checkpoint)
         state = None
+    if state is not None and state.get("device") != device_type:
+        # generator states and the arithmetic differ between devices: no resuming across them
+        log.warning("checkpoint %s was written on %s, this run is on %s; training this stage from the start",
+                    checkpoint, state.get("device"), device_type)
+        state = None
     if state is not None:
-        with torch.no_grad():
-            for name, s in zip(masker.names, params):
-                s.copy_(state["scores"][name])
-        opt.load_state_dict(state["optimizer"])
-        shuffle_gen.set_state(state["shuffle"])
-        sample_gen.set_state(state["samples"])
-        start, history, seconds = state["iteration"], list(state["history"]), float(state["seconds"])
-        # Histories are stored flat (torch.load's weights-only mode takes no nested floats
-        # lists), as [iteration, loss, accuracy] triples.
-        history = [{"iteration": int(h[0]), "loss": float(h[1]), "train_accuracy": float(h[2])} for h in history]
+        try:
+            with torch.no_grad():
+                for name, s in zip(masker.names, params):
+                    s.copy_(state["scores"][name])
+            opt.load_state_dict(state["optimizer"])
+            shuffle_gen.set_state(state["shuffle"])
+            sample_gen.set_state(state["samples"])
+            start, seconds, meter_state = int(state["iteration"]), float(state["seconds"]), state["meter"]
+            # Histories are stored flat (torch.load's weights-only mode takes no nested floats
+            # lists), as [iteration, loss, accuracy] triples.
+            history = [{"iteration": int(h[0]), "loss": float(h[1]), "train_accuracy": float(h[2])}
+                       for h in state["history"]]
+        except Exception as e:  # a checkpoint that loads but does not fit costs only the work since the start
+            log.warning("ignoring checkpoint %s that does not fit this run (%s); training this stage from the "
+                        "start", checkpoint, e)
+            masker, opt = fresh()
+            params = masker.params()
+            start, history, seconds, meter_state = 0, [], 0.0, None
 
     def lr_at(it: int) -> float:
         if method == "edge-popup":  # cosine from lr to 0 over the run
@@ -246,6 +264,8 @@ def train_scores(method: str, arch: Architecture, weights: Mapping[str, np.ndarr
         return lr
 
     meter = TrainMeter(total, label, progress, device, history)
+    if meter_state is not None:
+        meter.load_state(meter_state)  # the partial window, so a resumed history matches an unbroken one
     t0 = time.perf_counter()
     perm = None
     for it in range(start, total):
@@ -266,7 +286,8 @@ def train_scores(method: str, arch: Architecture, weights: Mapping[str, np.ndarr
         meter.step(it, loss, out, yb)
         if checkpoint is not None and (it + 1) % per_epoch == 0 and it + 1 < total:
             _save_checkpoint(checkpoint, {
-                "fingerprint": fingerprint, "total": total, "iteration": it + 1,
+                "fingerprint": fingerprint, "total": total, "iteration": it + 1, "device": device_type,
+                "meter": meter.state(),
                 "scores": {nm: s.detach() for nm, s in zip(masker.names, params)},
                 "optimizer": opt.state_dict(), "shuffle": shuffle_gen.get_state(),
                 "samples": sample_gen.get_state().cpu(),

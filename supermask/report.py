@@ -155,8 +155,14 @@ def check_runs(run_dirs: Sequence[str | os.PathLike]) -> dict[Path, tuple]:
 # ----------------------------------------------------------------------------- aggregating
 
 
+#: Methods that learn their density: a row's ``keep`` is the density its seed reached, so rows
+#: of different seeds are grouped together regardless of it (the aggregate's keep is the mean).
+DENSITY_LEARNED = ("bernoulli",)
+
+
 def _group_key(r: dict) -> tuple:
-    return (*(r[k] for k in TASK_FIELDS), r["criterion"], r["init"], float(r["keep"]))
+    keep = None if r.get("method") in DENSITY_LEARNED else float(r["keep"])
+    return (*(r[k] for k in TASK_FIELDS), r["criterion"], r["init"], keep)
 
 
 def aggregate(rows: Iterable[dict]) -> list[dict]:
@@ -167,7 +173,7 @@ def aggregate(rows: Iterable[dict]) -> list[dict]:
         groups[_group_key(r)].append(r)
     out = []
     n = len(TASK_FIELDS) + 2
-    for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][:n], -kv[0][n])):
+    for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][:n], -(kv[0][n] or 0.0))):
         seeds = [r["seed"] for r in rs]
         if len(set(seeds)) != len(seeds):
             runs = ", ".join(sorted({str(r.get("run")) for r in rs}))
@@ -175,6 +181,8 @@ def aggregate(rows: Iterable[dict]) -> list[dict]:
                               f"{', '.join(map(str, key))} (runs {runs}); give each run once")
         acc = [r["accuracy"] for r in rs]
         agg = dict(zip((*TASK_FIELDS, "criterion", "init", "keep"), key))
+        if agg["keep"] is None:  # a learned density: the mean over the seeds
+            agg["keep"] = statistics.fmean(r["keep"] for r in rs)
         agg.update(seeds=sorted(r["seed"] for r in rs), accuracy_mean=statistics.fmean(acc),
                    accuracy_min=min(acc), accuracy_max=max(acc),
                    density=statistics.fmean(r["density"] for r in rs), num_weights=rs[0]["num_weights"])

@@ -495,6 +495,12 @@ def test_progress_bar_logs_every_tenth_without_a_terminal():
     silent = io.StringIO()
     F.Progress(10, "x", enabled=False, stream=silent).update(10)
     assert silent.getvalue() == ""
+    # a slow loop (a conv net on the CPU) shows its rate with decimals, not "1 it/s"
+    slow = io.StringIO()
+    bar = F.Progress(10, "x", stream=slow)
+    bar.start -= 8.0
+    bar.update(10)
+    assert re.search(r" 1\.2\d it/s$", slow.getvalue().rstrip()), slow.getvalue()
 
 
 @pytest.mark.skipif(cuda_available(), reason="checks the error without a GPU")

@@ -67,6 +67,15 @@ def test_method_defaults_and_criteria_hashes_unchanged():
     assert F.FindConfig("lenet-300-100", "fashion-mnist", method="bernoulli", rescale=False).train_hash != b.train_hash
 
 
+def test_a_keep_too_small_for_the_scaled_init_is_refused_up_front(tmp_path):
+    with pytest.raises(ValueError, match="keep 1e-06 is too small for the scaled init"):
+        F.FindConfig("lenet-300-100", "digits", method="edge-popup", keeps=(0.5, 1e-6))
+    assert F.FindConfig("lenet-300-100", "digits", method="edge-popup", keeps=(1e-6,), gain_sq=2.0).keeps == (1e-6,)
+    r = cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--method", "edge-popup",
+            "--keep", "0.5,0.000001", "--out", tmp_path / "r", "-q")
+    assert r.exit_code == 2 and "too small for the scaled init" in r.output and not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(method="sgd"), "unknown method"),
     (dict(method="edge-popup", criteria=("random",)), "criteria apply to --method criteria"),
@@ -222,8 +231,11 @@ def test_learned_runs_are_deterministic_on_the_cpu(tmp_path, bern_run):
         assert (tmp_path / "again" / name).read_bytes() == (bern_run / name).read_bytes(), name
 
 
-def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_scores(tmp_path, edge_run, monkeypatch):
-    cfg = F.FindConfig(**{**EDGE, "keeps": (0.5,)})
+@pytest.mark.parametrize("which", ["edge", "bern"])
+def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_scores(tmp_path, request, which, monkeypatch):
+    full = request.getfixturevalue(f"{which}_run")
+    cfg = F.FindConfig(**({**EDGE, "keeps": (0.5,)} if which == "edge" else BERN))
+    tag = "keep-0.5" if which == "edge" else "bernoulli"
     saves = []
     real = learn._save_checkpoint
 
@@ -237,14 +249,44 @@ def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_scores(tmp_pa
     out = tmp_path / "r"
     with pytest.raises(KeyboardInterrupt):
         F.find(cfg, out, progress=False)
-    assert (out / "scores" / "keep-0.5.ckpt").is_file() and not (out / "scores" / "keep-0.5.npz").exists()
+    assert (out / "scores" / f"{tag}.ckpt").is_file() and not (out / "scores" / f"{tag}.npz").exists()
     monkeypatch.setattr(learn, "_save_checkpoint", real)
     F.find(cfg, out, progress=False)
-    summary = json.loads((out / "scores" / "keep-0.5.json").read_text())
+    summary = json.loads((out / "scores" / f"{tag}.json").read_text())
+    unbroken = json.loads((full / "scores" / f"{tag}.json").read_text())
     assert summary["resumed_at"] == saves[1]
+    a, b = F.load_npz(out / "scores" / f"{tag}.npz"), F.load_npz(full / "scores" / f"{tag}.npz")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert summary["history"] == unbroken["history"]  # the partial window travels in the checkpoint
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert rows == [r for r in json.loads((full / "results.json").read_text())["rows"] if r["keep"] == rows[0]["keep"]]
+    assert not (out / "scores" / f"{tag}.ckpt").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ({"device": "cuda"}, "written on cuda, this run is on cpu"),  # generator states differ between devices
+    ({"shuffle": "state"}, "does not fit this run"),  # loads, but cannot be restored
+])
+def test_a_checkpoint_that_cannot_be_resumed_starts_the_stage_over(tmp_path, edge_run, monkeypatch, caplog,
+                                                                   damage, message):
+    cfg = F.FindConfig(**{**EDGE, "keeps": (0.5,)})
+    real = learn._save_checkpoint
+    damage = {k: torch.zeros(3, dtype=torch.uint8) if v == "state" else v for k, v in damage.items()}
+
+    def killed_with_a_damaged_checkpoint(path, state):
+        real(path, {**state, **damage})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(learn, "_save_checkpoint", killed_with_a_damaged_checkpoint)
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        F.find(cfg, out, progress=False)
+    monkeypatch.setattr(learn, "_save_checkpoint", real)
+    F.find(cfg, out, progress=False)
+    assert message in caplog.text
+    assert json.loads((out / "scores" / "keep-0.5.json").read_text())["resumed_at"] is None
     a, b = F.load_npz(out / "scores" / "keep-0.5.npz"), F.load_npz(edge_run / "scores" / "keep-0.5.npz")
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert not (out / "scores" / "keep-0.5.ckpt").exists()
 
 
 def test_adding_a_keep_reuses_the_finished_ones(tmp_path, edge_run, monkeypatch):
@@ -267,6 +309,14 @@ def test_pack_errors_for_learned_runs_are_clear(tmp_path, edge_run):
     with pytest.raises(RunError, match="has keep 0.5, 0.1"):
         F.pack(edge_run, tmp_path / "a.smask", keep=0.3)
     assert not (tmp_path / "a.smask").exists()
+
+
+def test_a_bernoulli_run_packs_its_one_mask_and_refuses_a_keep(tmp_path, bern_run):
+    with pytest.raises(RunError, match="learned its density .* leave out --keep"):
+        F.pack(bern_run, tmp_path / "a.smask", keep=0.5)
+    r = cli("pack", tmp_path / "b.smask", "--run", bern_run, "--keep", "0.5")
+    assert r.exit_code != 0 and "leave out --keep" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "a.smask").exists() and not (tmp_path / "b.smask").exists()
 
 
 # ------------------------------------------------------------------------------- ticket version 2

@@ -160,6 +160,18 @@ def test_aggregate_never_averages_different_configs():
         R.aggregate([_row(0, 0.5), _row(0, 0.5, run="elsewhere")])
 
 
+def test_bernoulli_seeds_are_averaged_although_their_learned_densities_differ():
+    bern = dict(method="bernoulli", criterion="bernoulli", train_init="signed_kaiming_constant")
+    rows = [_row(0, 0.8, keep=0.506, density=0.506, **bern), _row(1, 0.9, keep=0.504, density=0.504, **bern),
+            _row(0, 0.5, keep=0.5), _row(0, 0.4, keep=0.3)]
+    aggs = R.aggregate(rows)
+    b = [a for a in aggs if a["method"] == "bernoulli"]
+    assert len(b) == 1 and b[0]["seeds"] == [0, 1]
+    assert b[0]["accuracy_mean"] == pytest.approx(0.85) and b[0]["keep"] == pytest.approx(0.505)
+    # criteria rows keep one group per keep
+    assert sorted(a["keep"] for a in aggs if a["method"] == "criteria") == [0.3, 0.5]
+
+
 def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
     out = tmp_path / "sweep"
     args = [sys.executable, "-m", "supermask.cli", "sweep", "--models", "lenet-300-100", "--datasets", "digits",
