@@ -826,9 +826,9 @@ def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | Non
         if init != "original":
             raise RunError(f"a learned mask goes with the weights it was learned over; --init {init} applies to "
                            f"criteria runs only")
-        if keep is not None and not cfg.keeps:
-            raise RunError(f"{run} learned its density with --method {cfg.method} and holds one mask; "
-                           f"leave out --keep")
+        if keep is not None and not cfg.keeps and pick_row(results, criterion, keep, init) is None:
+            raise RunError(f"{run} learned its density with --method {cfg.method} and holds one mask "
+                           f"(keep {results['rows'][0]['keep']!r}); leave out --keep")
     else:
         criterion = criterion or crit.DEFAULT_CRITERION
         if criterion in learn.LEARNED_METHODS:

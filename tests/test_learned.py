@@ -317,6 +317,9 @@ def test_a_bernoulli_run_packs_its_one_mask_and_refuses_a_keep(tmp_path, bern_ru
     r = cli("pack", tmp_path / "b.smask", "--run", bern_run, "--keep", "0.5")
     assert r.exit_code != 0 and "leave out --keep" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "a.smask").exists() and not (tmp_path / "b.smask").exists()
+    # the run's own density, as the report and benchmarks/check_tickets.py pass it, is its mask
+    density = json.loads((bern_run / "results.json").read_text())["rows"][0]["keep"]
+    assert F.pack(bern_run, tmp_path / "c.smask", keep=density).keep == density
 
 
 # ------------------------------------------------------------------------------- ticket version 2
@@ -380,20 +383,22 @@ def test_encode_writes_the_lowest_version_that_holds_the_ticket():
 # ------------------------------------------------------------------------------- report
 
 
-def test_report_puts_learned_and_heuristic_masks_on_one_plot(tmp_path, edge_run):
+def test_report_puts_learned_and_heuristic_masks_on_one_plot(tmp_path, edge_run, bern_run):
     pytest.importorskip("matplotlib")
     crit_run = tmp_path / "crit"
     F.find(F.FindConfig("lenet-300-100", "digits", iterations=30, criteria=("large_final_same_sign", "random"),
                         keeps=(0.5, 0.1)), crit_run, progress=False)
     out = tmp_path / "report"
-    r = cli("report", crit_run, edge_run, "-o", out, "-q")
+    r = cli("report", crit_run, edge_run, bern_run, "-o", out, "-q")
     assert r.exit_code == 0, r.output
     assert (out / "accuracy_vs_ticket_lenet-300-100_digits.png").is_file()
     data = json.loads((out / "results.json").read_text())
     crits = {a["criterion"] for a in data["aggregates"]}
-    assert {"edge-popup", "large_final_same_sign", "dense"} <= crits
+    assert {"edge-popup", "bernoulli", "large_final_same_sign", "dense"} <= crits
+    bern = next(a for a in data["aggregates"] if a["criterion"] == "bernoulli")
+    assert bern["ticket_bitpack_bytes"] > 0  # packed (with its learned density) and measured
     md = (out / "report.md").read_text()
-    assert "edge-popup" in md and "accuracy_vs_ticket_lenet-300-100_digits.png" in md
+    assert "edge-popup" in md and "bernoulli" in md and "accuracy_vs_ticket_lenet-300-100_digits.png" in md
 
 
 # ------------------------------------------------------------------------------- GPU
@@ -413,9 +418,8 @@ def test_cuda_learned_masks_pack_into_tickets_that_run_on_cpu(tmp_path):
     assert rep.correct == res["rows"][0]["correct"] and t.criterion == "bernoulli"
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not FASHION.is_dir(), reason="shared Fashion-MNIST files not present")
-def test_edge_popup_on_fashion_mnist_beats_the_heuristic_masks(tmp_path):
+def test_edge_popup_on_fashion_mnist_beats_the_heuristic_masks(tmp_path):  # real data in CI: about 20 s
     # Two epochs at keep 0.1 (a ticket of about 17 KB): the default (scaled) init learns a mask
     # far better than the best heuristic one, about 70 % (docs/results.md).
     cfg = F.FindConfig("lenet-300-100", "fashion-mnist", method="edge-popup", keeps=(0.1,), epochs=2)
