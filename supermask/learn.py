@@ -246,7 +246,10 @@ def train_scores(method: str, arch: Architecture, weights: Mapping[str, np.ndarr
             opt.load_state_dict(state["optimizer"])
             shuffle_gen.set_state(state["shuffle"])
             sample_gen.set_state(state["samples"])
-            start, seconds, meter_state = int(state["iteration"]), float(state["seconds"]), state["meter"]
+            start, seconds = int(state["iteration"]), float(state["seconds"])
+            loss_sum, correct, steps, seen = state["meter"]
+            meter_state = [torch.as_tensor(loss_sum, dtype=torch.float32).reshape(()),
+                           torch.as_tensor(correct, dtype=torch.int64).reshape(()), int(steps), int(seen)]
             # Histories are stored flat (torch.load's weights-only mode takes no nested floats
             # lists), as [iteration, loss, accuracy] triples.
             history = [{"iteration": int(h[0]), "loss": float(h[1]), "train_accuracy": float(h[2])}

@@ -266,6 +266,7 @@ def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_scores(tmp_pa
 @pytest.mark.parametrize("damage, message", [
     ({"device": "cuda"}, "written on cuda, this run is on cpu"),  # generator states differ between devices
     ({"shuffle": "state"}, "does not fit this run"),  # loads, but cannot be restored
+    ({"meter": [1.0]}, "does not fit this run"),
 ])
 def test_a_checkpoint_that_cannot_be_resumed_starts_the_stage_over(tmp_path, edge_run, monkeypatch, caplog,
                                                                    damage, message):
