@@ -178,7 +178,7 @@ class FindConfig:
                 raise ValueError(f"--method {self.method} selects per layer; --selection {self.selection} "
                                  f"applies to --method criteria only")
             object.__setattr__(self, "criteria", ())
-        if self.method == "bernoulli":
+        if self.method in learn.DENSITY_LEARNED:
             if self.keeps:
                 raise ValueError("--method bernoulli learns how much to keep; --keep does not apply to it")
             object.__setattr__(self, "keeps", ())
@@ -826,7 +826,8 @@ def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | Non
         if init != "original":
             raise RunError(f"a learned mask goes with the weights it was learned over; --init {init} applies to "
                            f"criteria runs only")
-        if keep is not None and not cfg.keeps and pick_row(results, criterion, keep, init) is None:
+        if keep is not None and cfg.method in learn.DENSITY_LEARNED and pick_row(results, criterion, keep,
+                                                                                  init) is None:
             raise RunError(f"{run} learned its density with --method {cfg.method} and holds one mask "
                            f"(keep {results['rows'][0]['keep']!r}); leave out --keep")
     else:

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 METHODS = ("criteria", "edge-popup", "bernoulli")
 LEARNED_METHODS = ("edge-popup", "bernoulli")
+#: Learned methods that learn their density too: one mask per run, no ``--keep``.
+DENSITY_LEARNED = ("bernoulli",)
 
 
 def kept_count(keep: float, n: int) -> int:

@@ -31,6 +31,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .errors import ReportError
+from .learn import DENSITY_LEARNED, LEARNED_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +156,9 @@ def check_runs(run_dirs: Sequence[str | os.PathLike]) -> dict[Path, tuple]:
 # ----------------------------------------------------------------------------- aggregating
 
 
-#: Methods that learn their density: a row's ``keep`` is the density its seed reached, so rows
-#: of different seeds are grouped together regardless of it (the aggregate's keep is the mean).
-DENSITY_LEARNED = ("bernoulli",)
-
-
 def _group_key(r: dict) -> tuple:
+    # A method that learns its density has, per seed, the density that seed reached as its
+    # keep: its seeds form one group regardless (the aggregate's keep is the mean).
     keep = None if r.get("method") in DENSITY_LEARNED else float(r["keep"])
     return (*(r[k] for k in TASK_FIELDS), r["criterion"], r["init"], keep)
 
@@ -388,9 +386,6 @@ def _plots(aggs: list[dict]) -> dict[str, bytes]:
     return out
 
 
-LEARNED = ("edge-popup", "bernoulli")
-
-
 def _methods_plots(aggs: list[dict], plt) -> dict[str, bytes]:
     """One plot per (model, dataset): test accuracy against ticket size (the smaller codec) for
     every mask series of every run, learned and heuristic together."""
@@ -409,14 +404,15 @@ def _methods_plots(aggs: list[dict], plt) -> dict[str, bytes]:
         fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
         colours = plt.get_cmap("tab10")
         learned_i = 0
-        for (c, init, tc, train_init), pts in sorted(series.items(), key=lambda kv: (kv[0][0] in LEARNED, kv[0])):
+        for (c, init, tc, train_init), pts in sorted(series.items(),
+                                                     key=lambda kv: (kv[0][0] in LEARNED_METHODS, kv[0])):
             pts = sorted(pts, key=lambda a: min(a["ticket_bitpack_bytes"], a["ticket_entropy_bytes"]))
             x = [min(a["ticket_bitpack_bytes"], a["ticket_entropy_bytes"]) for a in pts]
             y = [100 * a["accuracy_mean"] for a in pts]
-            label = f"{c} ({train_init})" if c in LEARNED else f"{c} ({init})"
+            label = f"{c} ({train_init})" if c in LEARNED_METHODS else f"{c} ({init})"
             if len(configs[c]) > 1:
                 label += f" [{tc[:8]}]"
-            if c in LEARNED:
+            if c in LEARNED_METHODS:
                 ax.plot(x, y, marker="oD^v"[learned_i % 4], markersize=7 - 2 * (c == "edge-popup"),
                         linewidth=2, color=colours(learned_i % 10), label=label, zorder=4 - (c == "edge-popup"))
                 learned_i += 1
@@ -425,7 +421,7 @@ def _methods_plots(aggs: list[dict], plt) -> dict[str, bytes]:
                         color="black" if init == "original" else "dimgray")
             else:
                 ax.plot(x, y, linewidth=0.8, color="silver", alpha=0.8, zorder=1)
-        if any(a["criterion"] not in LEARNED and a["criterion"] not in ("dense", "large_final_same_sign")
+        if any(a["criterion"] not in LEARNED_METHODS and a["criterion"] not in ("dense", "large_final_same_sign")
                for s in series.values() for a in s):
             ax.plot([], [], linewidth=0.8, color="silver", label="other criteria")
         dense = [a for a in here if a["criterion"] == "dense"]
