@@ -3,9 +3,11 @@
     python benchmarks/bench_training.py --data-dir ../shared/data --model lenet-300-100 \\
         --iterations 2000 --repeats 5 --threads 1
 
-Both train the same architecture on the same data set (whole training set held as one
-tensor on the device, batch 60, Adam at the same learning rate) for the same number of
-steps, alternating run by run so that machine load hits both alike. Reported: median
+Both train the same network (the built-in model as an ``nn.Module``) on the same data set
+(whole training set held as one tensor on the device, batch 60, Adam at the same learning
+rate) for the same number of steps, alternating run by run so that machine load hits both
+alike. "find" is the dense training stage of ``supermask find``: the data on the device, the
+generator's initial tensors, then :func:`supermask.train.loop.train_dense`. Reported: median
 seconds and iterations per second of each, and their ratio (find / hand loop).
 """
 
@@ -24,17 +26,18 @@ from _common import machine  # noqa: E402
 from supermask.atomic import atomic_write  # noqa: E402
 
 
-def hand_loop(arch, images, labels, iterations: int, lr: float, batch: int, device: str) -> float:
+def hand_loop(model: str, ds, images, labels, iterations: int, lr: float, batch: int, device: str) -> float:
     """The baseline: nothing but the training step. Returns seconds."""
     import torch
     from torch.nn import functional as F
 
-    from supermask.models import torch_module as tm
+    from supermask import models
+    from supermask.train.data import preprocess_tensor
 
     t0 = time.perf_counter()
-    x = tm.preprocess(torch.from_numpy(images).to(device), arch)
+    x = preprocess_tensor(torch.from_numpy(images).to(device), ds.preprocess)
     y = torch.from_numpy(labels).to(device)
-    net = tm.Net(arch).to(device)
+    net = models.create(model, ds.input_shape, len(ds.classes)).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     n = x.shape[0]
     per_epoch = n // batch
@@ -53,6 +56,17 @@ def hand_loop(arch, images, labels, iterations: int, lr: float, batch: int, devi
     return time.perf_counter() - t0
 
 
+def find_loop(cfg, subject, ds, device: str) -> None:
+    """The dense training stage of ``supermask find`` (as in supermask.train.find), no files."""
+    from supermask.train.data import to_tensors
+    from supermask.train.loop import train_dense
+
+    x, y = to_tensors(ds, ds.preprocess, device, cfg.train_limit)
+    state0 = subject.initial_state(cfg.seed, cfg.init_spec)
+    train_dense(subject, state0, x, y, seed=cfg.seed, lr=cfg.lr, batch_size=cfg.batch_size,
+                iterations=cfg.iterations, epochs=cfg.epochs, device=device, progress=False)
+
+
 @click.command()
 @click.option("--model", default="lenet-300-100", show_default=True)
 @click.option("--dataset", default="fashion-mnist", show_default=True)
@@ -67,25 +81,26 @@ def main(model, dataset, data_dir, iterations, repeats, threads, device, json_ou
     import torch
 
     from supermask import datasets, models
-    from supermask.find import FindConfig, resolve_device, train
+    from supermask.train.config import FindConfig, resolve_device
+    from supermask.train.subject import Subject
 
     torch.set_num_threads(threads)
     device = resolve_device(device)
     ds = datasets.load(dataset, "train", data_dir)
-    arch = models.build(model, ds.input_shape, ds.classes, ds.preprocess)
+    subject = Subject.from_module(models.create(model, ds.input_shape, len(ds.classes)))
     cfg = FindConfig(model, dataset, iterations=iterations)
     images, labels = np.array(ds.images), np.array(ds.labels)
     ours, base = [], []
     # one warm-up of each, then alternate
-    train(cfg, arch, ds, device, progress=False)
-    hand_loop(arch, images, labels, iterations, cfg.lr, cfg.batch_size, device)
+    find_loop(cfg, subject, ds, device)
+    hand_loop(model, ds, images, labels, iterations, cfg.lr, cfg.batch_size, device)
     for _ in range(repeats):
         t = time.perf_counter()
-        train(cfg, arch, ds, device, progress=False)
+        find_loop(cfg, subject, ds, device)
         if device == "cuda":
             torch.cuda.synchronize()
         ours.append(time.perf_counter() - t)
-        base.append(hand_loop(arch, images, labels, iterations, cfg.lr, cfg.batch_size, device))
+        base.append(hand_loop(model, ds, images, labels, iterations, cfg.lr, cfg.batch_size, device))
     mo, mb = statistics.median(ours), statistics.median(base)
     res = {
         "model": model, "dataset": dataset, "iterations": iterations, "repeats": repeats, "threads": threads,

@@ -25,8 +25,9 @@ from _common import machine  # noqa: E402
 
 from supermask import datasets, runtime  # noqa: E402
 from supermask.atomic import atomic_write  # noqa: E402
-from supermask.find import load_run, pack  # noqa: E402
-from supermask.sweep import run_dirs  # noqa: E402
+from supermask.train.pack import pack  # noqa: E402
+from supermask.train.runs import load_run  # noqa: E402
+from supermask.train.sweep import run_dirs  # noqa: E402
 
 
 def main() -> int:
@@ -39,7 +40,7 @@ def main() -> int:
     out, bad = [], 0
     with tempfile.TemporaryDirectory() as tmp:
         for run in run_dirs(args.runs):
-            cfg, arch, results = load_run(run)
+            cfg, _info, results = load_run(run)
             test = datasets.load(cfg.dataset, "test", args.data_dir)
             n = cfg.test_limit or len(test)
             images, labels = np.asarray(test.images[:n]), np.asarray(test.labels[:n])

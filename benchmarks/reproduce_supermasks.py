@@ -77,7 +77,8 @@ def table(rows_by_seed: dict[int, list[dict]]) -> str:
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @click.option("--out", default="runs/repro", show_default=True)
 def main(model, dataset, data_dir, seeds, epochs, device, threads, out):
-    from supermask.find import DEFAULT_EPOCHS, FindConfig, find
+    from supermask.train.config import DEFAULT_EPOCHS, FindConfig
+    from supermask.train.find import find
 
     out = Path(out)
     rows_by_seed, seconds = {}, {}

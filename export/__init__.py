@@ -5,9 +5,11 @@
     from supermask.export import export_ticket
     result = export_ticket("model.smask", "model.onnx", fmt="sparse")
 
-The graph is built from the ticket's architecture description (see
-:mod:`supermask.export.graph`), includes the input preprocessing, takes raw pixel values
-``input`` float32 ``[N, *input_shape]`` and returns ``logits`` ``[N, classes]``. Every
+A version-3 ticket carries its graph: its placeholders are filled with the regenerated
+tensors (:func:`fill_graph`). For version 1 and 2 tickets the graph is built from the
+ticket's architecture description (see :mod:`supermask.export.graph`). Either way it includes
+the input preprocessing, takes raw values ``input`` float32 ``[N, *input_shape]`` and returns
+``logits`` ``[N, classes]``. Every
 written model passes ``onnx.checker``; the class names travel in the model's metadata
 (``supermask.classes``, a JSON list).
 """
@@ -24,7 +26,7 @@ from .graph import INPUT_NAME, IR_VERSION, MAX_PROTO_BYTES, OPSET, OUTPUT_NAME, 
 
 FORMATS = ("dense", "sparse")
 
-__all__ = ["export_ticket", "ticket_model", "ExportResult", "build_model", "FORMATS", "STORAGE",
+__all__ = ["export_ticket", "ticket_model", "fill_graph", "ExportResult", "build_model", "FORMATS", "STORAGE",
            "IR_VERSION", "OPSET", "INPUT_NAME", "OUTPUT_NAME"]
 
 
@@ -57,6 +59,42 @@ def _as_ticket(ticket: Ticket | str | os.PathLike) -> Ticket:
     return ticket if isinstance(ticket, Ticket) else read_ticket(ticket)
 
 
+def fill_graph(graph: bytes, weights, storage: str = "dense", metadata=None, classes=None):
+    """A self-contained ONNX ``ModelProto``: the weight-free ``graph`` of a version-3 ticket with
+    every placeholder replaced by its array in ``weights`` (dense or, where smaller, sparse)."""
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    from .graph import dense_initializer, sparse_bytes, sparse_initializer
+
+    if storage not in FORMATS:
+        raise SupermaskError(f"unknown export format {storage!r}; choose one of {', '.join(FORMATS)}")
+    model = onnx.load_from_string(graph)
+    g = model.graph
+    inits, sparse = [], []
+    for t in g.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            inits.append(t)
+            continue
+        w = np.asarray(weights[t.name], dtype=np.float32).reshape(tuple(t.dims))
+        if storage == "sparse" and sparse_bytes(int(np.count_nonzero(w))) < 4 * w.size:
+            sparse.append(sparse_initializer(t.name, w))
+        else:
+            inits.append(dense_initializer(t.name, w))
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    g.sparse_initializer.extend(sparse)
+    props = dict(metadata or {})
+    if classes is not None:
+        props["supermask.classes"] = json.dumps(list(classes))
+    model.producer_name = "supermask"
+    helper.set_model_props(model, props)
+    return model
+
+
 def ticket_model(ticket: Ticket | str | os.PathLike, fmt: str = "dense"):
     """The ONNX ``ModelProto`` of a ticket, self-contained, with weights stored as ``fmt``."""
     if fmt not in FORMATS:
@@ -68,6 +106,8 @@ def ticket_model(ticket: Ticket | str | os.PathLike, fmt: str = "dense"):
         meta["supermask.criterion"] = t.criterion
     if t.keep is not None:
         meta["supermask.keep"] = repr(t.keep)
+    if t.graph is not None:
+        return fill_graph(t.graph, t.weights(), fmt, meta, t.classes)
     return build_model(t.architecture, t.weights(), storage=fmt, metadata=meta)
 
 
@@ -109,5 +149,6 @@ def export_ticket(ticket: Ticket | str | os.PathLike, out: str | os.PathLike, fm
         # parameter tensors (weights and biases) by storage; preprocessing constants left out
         sparse_tensors=tuple(s.values.name for s in model.graph.sparse_initializer),
         dense_tensors=tuple(i.name for i in model.graph.initializer if not i.name.startswith("preprocess_")),
-        ir_version=model.ir_version, opset=OPSET,
+        ir_version=model.ir_version,
+        opset=next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET),
     )

@@ -1,5 +1,10 @@
-"""The named architectures (``supermask.models``). Torch-free; the torch module built
-from a description lives in :mod:`supermask.models.torch_module`.
+"""The built-in models (``supermask.models``). This module is torch-free: it names the
+models; :func:`create` builds one as an ``nn.Module`` (:mod:`supermask.models.zoo`, torch), and
+every built-in model goes through the same path as a user's own network.
+
+:func:`build` returns the older layer-list description (:class:`~supermask.arch.Architecture`)
+of the first four models, which version 1 and 2 tickets carry; it is kept so those tickets
+still read, run and export.
 
 lenet-300-100 is the fully connected 784-300-100-10 network of LeCun et al. 1998 as used by
 Frankle & Carbin 2019 and Zhou et al. 2019; conv2/conv4/conv6 are the VGG-like networks of
@@ -59,26 +64,43 @@ def _convnet(pairs: Sequence[int]):
     return build
 
 
-REGISTRY: dict[str, Callable[[Sequence[int], int], list[Layer]]] = {}
+#: Built-in model name -> factory name in :mod:`supermask.models.zoo`; each factory takes
+#: ``input_shape`` and ``num_classes`` and returns an ``nn.Module``.
+REGISTRY: dict[str, str] = {}
+#: Layer-list descriptions of the models that version 1 and 2 tickets can hold.
+ARCHITECTURES: dict[str, Callable[[Sequence[int], int], list[Layer]]] = {}
 
 
-def register(name: str, builder: Callable[[Sequence[int], int], list[Layer]]) -> None:
+def register(name: str, factory: str, builder: Callable[[Sequence[int], int], list[Layer]] | None = None) -> None:
     if name in REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
-    REGISTRY[name] = builder
+    REGISTRY[name] = factory
+    if builder is not None:
+        ARCHITECTURES[name] = builder
 
 
-register("lenet-300-100", lenet_300_100)
-register("conv2", _convnet([64]))
-register("conv4", _convnet([64, 128]))
-register("conv6", _convnet([64, 128, 256]))
+register("lenet-300-100", "lenet_300_100", lenet_300_100)
+register("conv2", "conv2", _convnet([64]))
+register("conv4", "conv4", _convnet([64, 128]))
+register("conv6", "conv6", _convnet([64, 128, 256]))
+register("resnet20", "resnet20")
+register("dwnet", "dwnet")
+
+
+def create(name: str, input_shape: Sequence[int], num_classes: int):
+    """The built-in model ``name`` as an ``nn.Module`` (imports torch)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
+    from . import zoo
+
+    return getattr(zoo, REGISTRY[name])(input_shape=tuple(input_shape), num_classes=int(num_classes))
 
 
 def build(name: str, input_shape: Sequence[int], classes: Sequence[str],
           preprocess: Preprocess | None = None) -> Architecture:
-    """The description of model ``name`` for inputs of ``input_shape`` (C, H, W)."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
-    layers = REGISTRY[name](tuple(input_shape), len(classes))
+    """The layer-list description of model ``name`` for inputs of ``input_shape`` (C, H, W)."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"model {name!r} has no layer-list description; choose one of {', '.join(ARCHITECTURES)}")
+    layers = ARCHITECTURES[name](tuple(input_shape), len(classes))
     return Architecture(name, tuple(input_shape), tuple(layers), tuple(classes),
                         preprocess or Preprocess(1.0 / 255.0, (0.0,) * input_shape[0], (1.0,) * input_shape[0]))

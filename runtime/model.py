@@ -119,15 +119,20 @@ class Model:
 
     @property
     def architecture(self):
+        """The layer-list description of a version 1 or 2 ticket (None for version 3)."""
         return self.ticket.architecture
 
     @property
+    def name(self) -> str:
+        return self.ticket.model_name
+
+    @property
     def classes(self) -> tuple[str, ...]:
-        return self.ticket.architecture.classes
+        return self.ticket.classes
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.ticket.architecture.input_shape)
+        return tuple(self.ticket.input_shape)
 
     @property
     def providers(self) -> list[str]:
@@ -199,7 +204,7 @@ class Model:
         return Evaluation(accuracy, correct, n, self.provider, seconds, batch_size, use_binding)
 
     def __repr__(self) -> str:
-        return (f"Model({self.architecture.name!r}, {len(self.classes)} classes, "
+        return (f"Model({self.name!r}, {len(self.classes)} classes, "
                 f"input {self.input_shape}, provider {self.provider})")
 
 
@@ -224,32 +229,48 @@ def _providers_for(device: str, ort) -> tuple[list, str | None]:
     return [CPU], f"CUDA not available (onnxruntime {ort.__version__} build has no CUDA provider); running on the CPU"
 
 
+def _build_graph(arch):
+    """The ONNX graph of a version 1 or 2 ticket's layer list: built with the ``onnx`` package,
+    which a version-3 ticket (that carries its graph) does not need."""
+    try:
+        from ..export.graph import build_model
+    except ImportError:
+        raise RuntimeUnavailableError(
+            "this ticket is format version 1 or 2 and holds no graph; running it needs the `onnx` package "
+            "(`pip install onnx`), or re-pack it with this version of supermask") from None
+    return build_model(arch, storage="external").SerializeToString()
+
+
 def make_session(arch, weights: dict[str, np.ndarray], device: str = "auto", threads: int | None = None):
-    """An onnxruntime session for ``arch`` with ``weights``: (session, note, buffers).
+    """An onnxruntime session for a version 1 or 2 ticket's ``arch`` with ``weights``:
+    (session, note, buffers). See :func:`graph_session`."""
+    return graph_session(_build_graph(arch), {p.name: weights[p.name] for p in arch.params()}, device, threads)
 
-    The weights go to onnxruntime as external initializers where the installed version
-    supports that (no serialisation of the weights); otherwise they are embedded. The
-    session reads the returned ``buffers`` in place: keep them alive as long as the session.
+
+def graph_session(graph: bytes, weights: dict[str, np.ndarray], device: str = "auto", threads: int | None = None):
+    """An onnxruntime session for the serialized ONNX ``graph`` whose external initializers are
+    exactly ``weights`` (name -> float32 array): (session, note, buffers).
+
+    The arrays go to onnxruntime in memory (``add_external_initializers``): nothing is
+    serialised or read from a file. The session reads the returned ``buffers`` in place: keep
+    them alive as long as the session.
     """
-    from ..export.graph import build_model
-
     if device not in DEVICES:
         raise SupermaskError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     ort = _ort()
     providers, note = _providers_for(device, ort)
     so = _session_options(ort, threads)
-    if hasattr(so, "add_external_initializers"):
-        model = build_model(arch, storage="external")
-        names = [p.name for p in arch.params()]
-        keep = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[n], dtype=np.float32)) for n in names]
-        so.add_external_initializers(names, keep)
-    else:  # onnxruntime too old for in-memory external data
-        model, keep = build_model(arch, weights, storage="dense"), []
+    if not hasattr(so, "add_external_initializers"):
+        raise RuntimeUnavailableError(f"onnxruntime {ort.__version__} cannot take weights from memory "
+                                      f"(add_external_initializers); install onnxruntime 1.17 or newer")
+    names = list(weights)
+    keep = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[n], dtype=np.float32)) for n in names]
+    so.add_external_initializers(names, keep)
     try:
         with warnings.catch_warnings():
             # onnxruntime warns on stderr when it drops a provider; the fallback is reported below.
             warnings.simplefilter("ignore")
-            session = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+            session = ort.InferenceSession(graph, so, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types; report them plainly
         raise RuntimeUnavailableError(f"onnxruntime could not create a session on {providers[0]}: "
                                       f"{str(e).splitlines()[0][:300]}") from None
@@ -277,6 +298,9 @@ def load(source: Ticket | str | os.PathLike, device: str = "auto", *, threads: i
         raise SupermaskError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     ticket = source if isinstance(source, Ticket) else read_ticket(source)
     weights = ticket.weights(verify=verify)
-    session, note, buffers = make_session(ticket.architecture, weights, device, threads)
+    if ticket.graph is not None:
+        session, note, buffers = graph_session(ticket.graph, weights, device, threads)
+    else:
+        session, note, buffers = make_session(ticket.architecture, weights, device, threads)
     return Model(ticket, session, (weights, buffers), device, note)
 

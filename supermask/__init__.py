@@ -20,7 +20,21 @@ from .errors import (  # noqa: E402
 from .rng import InitSpec  # noqa: E402
 from .ticket import Ticket, decode_ticket, encode_ticket, read_ticket, write_ticket  # noqa: E402
 
-_SUBMODULES = ("runtime", "export", "datasets", "models", "find", "report", "sweep")
+_SUBMODULES = ("runtime", "export", "datasets", "models", "report", "train")
+
+
+def find(model, train_data=None, test_data=None, **kwargs):
+    """Find supermasks of any ``nn.Module`` on your data; see :func:`supermask.train.api.find`."""
+    from .train.api import find as _find
+
+    return _find(model, train_data, test_data, **kwargs)
+
+
+def pack(run, out, **kwargs):
+    """Write one supermask of a finished run as a ticket; see :func:`supermask.train.api.pack`."""
+    from .train.api import pack as _pack
+
+    return _pack(run, out, **kwargs)
 
 
 def __getattr__(name: str):
@@ -34,7 +48,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Architecture", "Layer", "Preprocess", "InitSpec", "Ticket",
+    "find", "pack", "Architecture", "Layer", "Preprocess", "InitSpec", "Ticket",
     "encode_ticket", "decode_ticket", "read_ticket", "write_ticket",
     "SupermaskError", "TicketFormatError", "ChecksumError", "UnsupportedVersionError", "VerificationError",
 ]

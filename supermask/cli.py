@@ -60,6 +60,10 @@ def format_summary(path: str, s: dict) -> str:
         f"  {s['bits_per_weight']:.3f} bits/weight (whole file)",
         f"vs float32  {_human_bytes(s['dense_float32_bytes'])} dense -> {_human_bytes(s['file_bytes'])} ticket"
         f"  ({s['compression_ratio']:.1f}x compression)",
+        f"bytes       {s['mask_bytes']:,} masks + {s['stored_bytes']:,} stored values + {s['overhead_bytes']:,} "
+        f"header, graph and checksum (format version {s['version']})"
+        + (f"; graph {s['graph']['bytes']:,} bytes, compressed with the header to {s['graph']['section_bytes']:,}"
+           if s["graph"] else ""),
     ]
     for k, v in s["metadata"].items():
         shown = f"{v:.6g}" if isinstance(v, float) else v
@@ -67,11 +71,12 @@ def format_summary(path: str, s: dict) -> str:
     scaled = any(t["multiplier"] != 1.0 for t in s["tensors"])
     rows = [("tensor", "shape", "role", "codec", "kept", "density", "bytes", "bits/w") + (("x",) if scaled else ())]
     for t in s["tensors"]:
+        generated = t["role"] in ("masked", "regenerated")
         rows.append((
             t["name"], "x".join(map(str, t["shape"])), t["role"], t["codec"] or "-",
-            f"{t['num_kept']:,}", "-" if t["density"] is None else f"{100 * t['density']:.2f}%",
+            f"{t['num_kept']:,}" if generated else "-", "-" if t["density"] is None else f"{100 * t['density']:.2f}%",
             f"{t['payload_bytes']:,}", "-" if t["bits_per_weight"] is None else f"{t['bits_per_weight']:.3f}",
-        ) + ((f"{t['multiplier']:.6g}" if t["role"] != "zero" else "-",) if scaled else ()))
+        ) + ((f"{t['multiplier']:.6g}" if generated else "-",) if scaled else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines.append("")
     for r in rows:

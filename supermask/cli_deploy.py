@@ -35,7 +35,13 @@ def _note(result: dict) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def export(ticket: str, output: str, fmt: str, as_json: bool) -> None:
     """Write a self-contained ONNX model of TICKET (input: raw pixels, output: logits)."""
-    from .export import export_ticket
+    try:
+        from .export import export_ticket
+    except ImportError as e:
+        from .errors import RuntimeUnavailableError
+
+        raise RuntimeUnavailableError(f"writing an ONNX file needs the onnx package ({e}); install it with "
+                                      f"`pip install \"supermask[export]\"`") from None
 
     r = export_ticket(ticket, output, fmt)
     if as_json:
@@ -48,8 +54,9 @@ def export(ticket: str, output: str, fmt: str, as_json: bool) -> None:
 
 @click.command("eval")
 @click.argument("ticket", type=click.Path(dir_okay=False, path_type=str))
-@click.option("--dataset", required=True, type=click.Choice(list(datasets.DATASETS)),
-              help="Data set to evaluate on; it must match the ticket's input shape and classes.")
+@click.option("--dataset", required=True,
+              help=f"Data set to evaluate on: a name ({', '.join(datasets.DATASETS)}), a .npz file or an image "
+                   f"folder; it must match the ticket's input shape and classes.")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True,
               help="Which split to evaluate.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,

@@ -12,10 +12,10 @@ from . import datasets
 from .cli_train import _models, find_options, split_options
 
 
-def _csv(choices):
+def _csv(choices, also=None):
     def parse(ctx, param, value):
         names = tuple(v.strip() for v in value.split(",") if v.strip())
-        bad = [n for n in names if n not in choices]
+        bad = [n for n in names if n not in choices and not (also and also(n))]
         if bad or not names:
             raise click.BadParameter(f"unknown {', '.join(bad) or repr(value)}; choose from {', '.join(choices)}")
         return names
@@ -34,10 +34,11 @@ def _seeds(ctx, param, value):
 
 
 @click.command()
-@click.option("--models", required=True, callback=_csv(_models()),
-              help=f"Comma-separated architectures: {', '.join(_models())}.")
-@click.option("--datasets", "dataset_names", required=True, callback=_csv(list(datasets.DATASETS)),
-              help=f"Comma-separated data sets: {', '.join(datasets.DATASETS)}.")
+@click.option("--models", required=True, callback=_csv(_models(), lambda n: ":" in n),
+              help=f"Comma-separated models: {', '.join(_models())}, or 'module:factory' / 'file.py:factory' specs.")
+@click.option("--datasets", "dataset_names", required=True,
+              callback=_csv(list(datasets.DATASETS), datasets.is_path_dataset),
+              help=f"Comma-separated data sets: {', '.join(datasets.DATASETS)}, or .npz files / image folders.")
 @click.option("--seeds", required=True, callback=_seeds, help="Comma-separated seeds, e.g. 0,1,2.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Sweep folder; each run goes to OUT/<model>-<dataset>-s<seed>.")
@@ -45,7 +46,7 @@ def _seeds(ctx, param, value):
 def sweep(models, dataset_names, seeds, out, **opts):
     """Run `find` for every model x dataset x seed; finished runs are skipped, so an
     interrupted sweep resumes where it stopped."""
-    from .sweep import sweep as run_sweep
+    from .train.sweep import sweep as run_sweep
 
     config, run = split_options(opts)
     manifest = run_sweep(models, dataset_names, seeds, out, **run, **config)

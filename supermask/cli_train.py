@@ -7,16 +7,41 @@ import json
 
 import click
 
-from . import criteria as crit
 from . import datasets
 from .codecs import CODECS
-from .find import DEFAULT_EPOCHS, DEFAULT_KEEPS, DEFAULT_LR, DEVICES, INIT_VARIANTS, METHOD_DEFAULTS, METHODS, FindConfig
+from .train import criteria as crit
+from .train.config import (AFFINE, DEFAULT_BN_EXAMPLES, DEFAULT_DENSE_LR, DEFAULT_EPOCHS, DEFAULT_KEEPS, DEFAULT_LR,
+                           DEVICES, INIT_VARIANTS, METHOD_DEFAULTS, METHODS, FindConfig)
 
 
 def _models() -> list[str]:
     from . import models
 
     return list(models.REGISTRY)
+
+
+MODEL_HELP = ("A built-in model ({}), or your own network: 'package.module:factory' or "
+              "'path/to/file.py:factory', where factory() returns an nn.Module (it gets num_classes= and "
+              "input_shape= if it takes them).")
+DATASET_HELP = ("A data set name ({}; 'digits' ships with the package), a .npz file with x_train, y_train, "
+                "x_test, y_test (optional classes), or an image folder DIR/train/<class>/*.png, DIR/test/<class>/*.png.")
+
+
+def _patterns(ctx, param, value: tuple[str, ...]):
+    out = tuple(p.strip() for v in value for p in v.split(",") if p.strip())
+    return out or None
+
+
+def _numbers(ctx, param, value: str | None):
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers such as 0.5,0.5,0.5, got {value!r}") from None
+    if not out:
+        raise click.BadParameter("give at least one number")
+    return out
 
 
 def _float_list(ctx, param, value: str | None):
@@ -57,10 +82,10 @@ def _default(name: str):
 def find_options(f):
     """The options of `find` and `sweep` beyond what to run (model, dataset, seed, out).
 
-    Defaults and help come from :class:`~supermask.find.FindConfig` and its constants, so the
+    Defaults and help come from :class:`~supermask.train.config.FindConfig` and its constants, so the
     two commands cannot drift apart. An option left out is None: the config's default.
     """
-    lrs = ", ".join(f"{v:g} ({m})" for m, v in DEFAULT_LR.items())
+    lrs = ", ".join(f"{v:g} ({m})" for m, v in DEFAULT_LR.items()) + f", {DEFAULT_DENSE_LR:g} (other models)"
     ep, be = METHOD_DEFAULTS["edge-popup"], METHOD_DEFAULTS["bernoulli"]
     options = [
         click.option("--method", type=click.Choice(list(METHODS)), default="criteria", show_default=True,
@@ -100,6 +125,25 @@ def find_options(f):
                      help="Comma-separated fractions of weights to keep "
                           f"(default {','.join(map(str, DEFAULT_KEEPS))}); with edge-popup each keep is "
                           "one training. Not for bernoulli, which learns its density."),
+        click.option("--affine", type=click.Choice(list(AFFINE)), default=None,
+                     help="Biases and BatchNorm/LayerNorm scales and shifts: fixed (zero biases, unit scales; "
+                          "nothing but masks is learned) or trained and stored in the ticket ('+BN'). "
+                          "Default: fixed."),
+        click.option("--include", multiple=True, callback=_patterns,
+                     help="Mask only the Linear/Conv layers whose qualified name matches one of these patterns "
+                          "(fnmatch, comma-separated or repeated, e.g. 'layer*'). Default: all of them."),
+        click.option("--exclude", multiple=True, callback=_patterns,
+                     help="Never mask the layers matching these patterns; their weights stay whole (regenerated "
+                          "from the seed, unmasked)."),
+        click.option("--scale", type=click.FloatRange(0, min_open=True), default=None,
+                     help="Input preprocessing: x * scale (default 1/255 for uint8 data, 1 for float data)."),
+        click.option("--mean", callback=_numbers, default=None,
+                     help="Input preprocessing: subtract a mean per channel (comma-separated; default 0)."),
+        click.option("--std", callback=_numbers, default=None,
+                     help="Input preprocessing: divide by a std per channel (comma-separated; default 1)."),
+        click.option("--bn-examples", type=click.IntRange(1), default=None,
+                     help=f"Training examples used to compute BatchNorm statistics for each mask "
+                          f"(default {DEFAULT_BN_EXAMPLES})."),
         click.option("--selection", type=click.Choice(list(crit.SELECTIONS)), default=_default("selection"),
                      show_default=True,
                      help="Top-k per layer (output layer pruned at half the rate) or over all layers at once."),
@@ -117,7 +161,8 @@ def find_options(f):
 
 #: The find_options that are FindConfig fields; the rest say where and how to run.
 CONFIG_OPTIONS = ("method", "init", "gain_sq", "lr", "momentum", "weight_decay", "rescale", "batch_size", "epochs",
-                  "iterations", "criteria", "keeps", "selection", "train_limit", "test_limit")
+                  "iterations", "criteria", "keeps", "selection", "train_limit", "test_limit", "affine", "include",
+                  "exclude", "scale", "mean", "std", "bn_examples")
 
 
 def split_options(opts: dict) -> tuple[dict, dict]:
@@ -129,9 +174,8 @@ def split_options(opts: dict) -> tuple[dict, dict]:
 
 
 @click.command()
-@click.option("--model", required=True, type=click.Choice(_models()), help="Architecture to train.")
-@click.option("--dataset", required=True, type=click.Choice(list(datasets.DATASETS)),
-              help="Data set ('digits' ships with the package).")
+@click.option("--model", required=True, help=MODEL_HELP.format(", ".join(_models())))
+@click.option("--dataset", required=True, help=DATASET_HELP.format(", ".join(datasets.DATASETS)))
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
               help="Seed of the initial weights (and the data order): the seed is the model.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default=None,
@@ -146,7 +190,7 @@ def find(model, dataset, seed, out, **opts):
     With --method edge-popup or bernoulli the masks are learned directly over the frozen
     initial weights. Results go to OUT/results.json; re-running resumes where it stopped.
     """
-    from .find import find as run_find
+    from .train.find import find as run_find
 
     config, run = split_options(opts)
     try:
@@ -155,6 +199,8 @@ def find(model, dataset, seed, out, **opts):
         raise click.UsageError(str(e)) from None
     out = out or cfg.default_out()
     res = run_find(cfg, out, **run)
+    if not opts["quiet"] and res["rows"] and "affine" in res["rows"][0]:
+        click.echo(f"biases and norm parameters: {res['rows'][0]['affine']}")
     if not opts["quiet"]:
         click.echo(format_results(res))
     click.echo(f"results: {out}/results.json")
@@ -199,10 +245,16 @@ def format_results(res: dict) -> str:
               help="Mask coding: auto picks the smaller of bitpack and entropy per tensor.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ticket summary as JSON.")
 def pack(ticket, run_dir, criterion, keep, init, codec, as_json):
-    """Write one supermask of a find run as a ticket (seed + init spec + packed mask)."""
-    from .find import pack as run_pack
+    """Write one supermask of a find run as a ticket: seed, init spec, packed masks, the
+    values it stores (BatchNorm statistics, trained biases) and the network's ONNX graph.
 
-    t = run_pack(run_dir, ticket, criterion=criterion, keep=keep, init=init, codec=codec)
+    The graph is exported from the run's model and checked in onnxruntime against the masked
+    torch model on fixed inputs before anything is written.
+    """
+    from .train.pack import pack as run_pack
+
+    t, check = run_pack(run_dir, ticket, criterion=criterion, keep=keep, init=init, codec=codec,
+                        return_validation=True)
     s = t.summary()
     if as_json:
         click.echo(json.dumps(s, indent=2))
@@ -211,6 +263,8 @@ def pack(ticket, run_dir, criterion, keep, init, codec, as_json):
         click.echo(f"wrote {ticket}: {s['file_bytes']:,} bytes, {t.criterion} keep {t.keep:g} ({init}), "
                    f"density {100 * s['density']:.2f} %"
                    + (f", accuracy {100 * acc:.2f} % in the run" if acc is not None else ""))
+        click.echo(f"graph checked in onnxruntime: max |logit difference| {check.max_abs_diff:.3g} on "
+                   f"{check.examples} fixed inputs (tolerance {check.tolerance:.3g})")
 
 
 COMMANDS = [find, pack]

@@ -1,9 +1,9 @@
-"""Image classification data sets as uint8 arrays. Torch-free (numpy only).
+"""Image classification data sets as numpy arrays. Torch-free (numpy; Pillow for image folders).
 
-:func:`load` returns a :class:`Dataset`: raw pixel values ``images`` (N, C, H, W) uint8,
-``labels`` (N,) int64, the class names, and the :class:`~supermask.arch.Preprocess` that
-turns pixels into network inputs (recorded in every architecture, so the runtime applies
-exactly what training used).
+:func:`load` returns a :class:`Dataset`: raw pixel values ``images`` (N, C, H, W) uint8
+(user data may also be float32, or feature vectors (N, F)), ``labels`` (N,) int64, the
+class names, and the :class:`~supermask.arch.Preprocess` that turns pixels into network
+inputs (recorded in every architecture, so the runtime applies exactly what training used).
 
 Where files are looked for, in order: ``data_dir/<name>/``, then ``data_dir/`` itself, then
 (when no ``data_dir`` is given) the cache folder (``$SUPERMASK_DATA`` or
@@ -13,6 +13,11 @@ files, gzipped or not; CIFAR-10 is the *binary* version (``data_batch_1.bin`` ..
 is fetched from its canonical mirrors into ``data_dir/<name>/`` (the cache's ``<name>/`` when
 no ``data_dir`` is given) and checked against a known MD5 before it is used. ``digits`` (the
 8x8 UCI handwritten digits) ships with the package.
+
+A name that is a path (see :func:`is_path_dataset`) loads the user's own data: a ``.npz``
+file with ``x_train``, ``y_train``, ``x_test``, ``y_test`` (optionally ``classes``), or an
+image folder ``DIR/train/<class>/*.png`` and ``DIR/test/<class>/...`` (needs Pillow: the
+``[images]`` extra). ``data_dir`` and ``download`` do not apply to them.
 """
 
 from __future__ import annotations
@@ -26,13 +31,14 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from .arch import Preprocess
+from .arch import MAX_CLASSES, Preprocess
 from .atomic import atomic_open
 from .errors import DatasetError
 
@@ -96,11 +102,15 @@ DATASETS: tuple[str, ...] = tuple(SOURCES)
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """One split of a data set: raw pixels, labels, class names and the preprocessing."""
+    """One split of a data set: raw pixels, labels, class names and the preprocessing.
+
+    ``images`` is uint8 or float32 (user data only), (N, C, H, W) or, for feature vectors
+    from a ``.npz`` file, (N, F); ``name`` is the registered name or the path as given.
+    """
 
     name: str
     split: str
-    images: np.ndarray  # uint8 (N, C, H, W)
+    images: np.ndarray  # uint8 or float32, (N, C, H, W) or (N, F)
     labels: np.ndarray  # int64 (N,)
     classes: tuple[str, ...]
     preprocess: Preprocess
@@ -109,8 +119,9 @@ class Dataset:
         return int(self.labels.shape[0])
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's shape, ``images.shape[1:]``: (C, H, W) or (F,)."""
+        return tuple(self.images.shape[1:])
 
 
 def cache_dir() -> Path:
@@ -330,6 +341,260 @@ def _fetch_from_mirrors(name: str, src: Source, fname: str, md5: str, target: Pa
                            + f". Download it yourself and put it in {dest}")
 
 
+# ------------------------------------------------------------------------------- user data
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".webp")
+_NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+_LAYOUT = ("a .npz file (arrays x_train, y_train, x_test, y_test, optionally classes) or an image folder "
+           "(DIR/train/<class>/*.png and DIR/test/<class>/*.png)")
+# Pillow maps these to 8 bits by clipping, which would silently ruin the pixels.
+_DEEP_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def is_path_dataset(name: str) -> bool:
+    """Whether ``name`` is a path to user data rather than a registered name (those win)."""
+    if not name or name in SOURCES:
+        return False
+    return (name.endswith(".npz") or "/" in name or os.sep in name
+            or Path(name).expanduser().is_dir())
+
+
+def _npy_header(z: np.lib.npyio.NpzFile, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of array ``key`` in ``z``, from the .npy header alone (no data read)."""
+    member = key + ".npy" if key + ".npy" in z.zip.namelist() else key
+    with z.zip.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        read = {(1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read is not None:
+            shape, _, dtype = read(f)
+            return tuple(shape), dtype
+    a = z[key]
+    return a.shape, a.dtype
+
+
+def _check_x(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
+    """Validate the header of images ``key``; return one sample's shape, (C, H, W) or (F,)."""
+    if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating)):
+        raise DatasetError(f"{path}: {key} has dtype {dtype}; images must be uint8 (0..255) or float "
+                           f"(float16/32/64): convert with {key}.astype(np.uint8) or .astype(np.float32)")
+    if len(shape) not in (2, 3, 4):
+        raise DatasetError(f"{path}: {key} has shape {shape}; expected images (N, H, W) or (N, C, H, W), "
+                           "or feature vectors (N, F)")
+    if len(shape) == 4 and shape[3] in (1, 3, 4) and shape[1] > 4:
+        raise DatasetError(f"{path}: {key} has shape {shape}, which looks channels-last (N, H, W, C); "
+                           f"images must be (N, C, H, W): use {key}.transpose(0, 3, 1, 2)")
+    if shape[0] == 0:
+        raise DatasetError(f"{path}: {key} is empty (0 samples); each split needs at least one")
+    if 0 in shape:
+        raise DatasetError(f"{path}: {key} has shape {shape}; no dimension may be 0")
+    return (1, *shape[1:]) if len(shape) == 3 else tuple(shape[1:])
+
+
+def _check_y(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype, n: int, xkey: str) -> None:
+    """Validate the header of labels ``key`` that go with ``n`` samples in ``xkey``."""
+    if not np.issubdtype(dtype, np.integer):
+        raise DatasetError(f"{path}: {key} has dtype {dtype}; labels must be integer class indices "
+                           f"(0..K-1): convert with {key}.astype(np.int64)")
+    if len(shape) != 1:
+        hint = f" (one-hot? use {key}.argmax(1))" if len(shape) == 2 else ""
+        raise DatasetError(f"{path}: {key} has shape {shape}; labels must be 1-D, one per sample{hint}")
+    if shape[0] != n:
+        raise DatasetError(f"{path}: {xkey} has {n} samples but {key} has {shape[0]} labels; "
+                           "they must be the same length")
+
+
+def _npz_classes(path: Path, z: np.lib.npyio.NpzFile) -> tuple[str, ...]:
+    shape, dtype = _npy_header(z, "classes")
+    if dtype.kind not in "US" or len(shape) != 1 or not 1 <= shape[0] <= MAX_CLASSES:
+        raise DatasetError(f"{path}: classes has dtype {dtype} and shape {shape}; it must be a 1-D array of "
+                           f"1 to {MAX_CLASSES} strings, e.g. np.array(['cat', 'dog'])")
+    classes = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in z["classes"].tolist())
+    if len(set(classes)) != len(classes):
+        dup = next(c for i, c in enumerate(classes) if c in classes[:i])
+        raise DatasetError(f"{path}: classes names {dup!r} more than once; class names must be unique")
+    return classes
+
+
+def _label_classes(path: Path, ys: dict[str, np.ndarray], classes: tuple[str, ...] | None) -> tuple[str, ...]:
+    """Check the labels of both splits against ``classes``; without them, name classes "0".."K-1"."""
+    for s, y in ys.items():
+        lo, hi = int(y.min()), int(y.max())
+        if classes is not None and (lo < 0 or hi >= len(classes)):
+            raise DatasetError(f"{path}: y_{s} has label {lo if lo < 0 else hi}, outside the {len(classes)} "
+                               f"classes: labels must be in 0..{len(classes) - 1}")
+        if lo < 0:
+            raise DatasetError(f"{path}: y_{s} has label {lo}; labels must be class indices 0..K-1")
+    if classes is not None:
+        return classes
+    k = max(int(y.max()) for y in ys.values()) + 1
+    if k > MAX_CLASSES:
+        raise DatasetError(f"{path}: the largest label is {k - 1}, so {k} classes, more than {MAX_CLASSES}; "
+                           "labels must be class indices 0..K-1")
+    return tuple(str(i) for i in range(k))
+
+
+def _load_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """One split of a ``.npz`` data set; both splits' headers and labels are checked."""
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"{path} is not a .npz file (not a zip archive); give {_LAYOUT}, e.g. saved with "
+                           "np.savez(FILE, x_train=..., y_train=..., x_test=..., y_test=...)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in _NPZ_ARRAYS if k not in z.files]
+            if missing:
+                raise DatasetError(f"{path} lacks {', '.join(missing)}; it holds {', '.join(z.files) or 'no arrays'}. "
+                                   "A .npz data set needs x_train, y_train, x_test and y_test (optionally classes)")
+            heads = {k: _npy_header(z, k) for k in (*_NPZ_ARRAYS, *(("classes",) if "classes" in z.files else ()))}
+            for k, (_, dtype) in heads.items():
+                # Checked before any data is read: np.load would refuse them with a vaguer message.
+                if dtype.hasobject:
+                    raise DatasetError(f"{path}: {k} is an object array (dtype {dtype}), which would need pickle; "
+                                       f"save plain arrays instead, e.g. np.asarray({k}, dtype=...)")
+            sample = {s: _check_x(path, f"x_{s}", *heads[f"x_{s}"]) for s in SPLITS}
+            for s in SPLITS:
+                _check_y(path, f"y_{s}", *heads[f"y_{s}"], heads[f"x_{s}"][0][0], f"x_{s}")
+            if sample["train"] != sample["test"]:
+                raise DatasetError(f"{path}: train and test samples differ in shape: x_train {heads['x_train'][0]}, "
+                                   f"x_test {heads['x_test'][0]}; both splits need the same sample shape")
+            if (heads["x_train"][1] == np.uint8) != (heads["x_test"][1] == np.uint8):
+                raise DatasetError(f"{path}: x_train is {heads['x_train'][1]} but x_test is {heads['x_test'][1]}; "
+                                   "give both splits the same kind (uint8 or float), so they get the same scaling")
+            classes = _npz_classes(path, z) if "classes" in heads else None
+            ys = {s: z[f"y_{s}"] for s in SPLITS}
+            x = z[f"x_{split}"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DatasetError(f"cannot read {path} as a .npz file: {e}") from e
+    classes = _label_classes(path, ys, classes)
+    x = x.reshape(x.shape[0], *sample[split])
+    if x.dtype != np.uint8:
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float32)  # float64 values beyond float32 become inf, caught next
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        if bad:
+            raise DatasetError(f"{path}: x_{split} holds {bad} values that are NaN or infinite (as float32); "
+                               "all values must be finite")
+    return np.ascontiguousarray(x), ys[split], classes
+
+
+def _scan_split(folder: Path) -> list[tuple[str, Path]]:
+    """(class, file) for each image in ``folder/<class>/``, classes and files sorted by name."""
+    if not folder.is_dir():
+        return []
+    out = []
+    for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        out += [(d.name, f) for f in sorted(d.iterdir())
+                if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".") and f.is_file()]
+    return out
+
+
+def _no_images(folder: Path) -> DatasetError:
+    if not folder.is_dir():
+        where = f"{folder} does not exist"
+    else:
+        subs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        shown = ", ".join(subs[:10]) + (f" and {len(subs) - 10} more" if len(subs) > 10 else "")
+        where = f"searched {folder}/<class>/ (class folders: {shown or 'none'})"
+    return DatasetError(f"no images found: {where}; files ending in {', '.join(IMAGE_EXTENSIONS)} are read. "
+                        f"An image folder needs DIR/train/<class>/*.png and DIR/test/<class>/*.png")
+
+
+def _load_image_folder(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """One split of an image folder; the headers of both splits are checked, one split decoded."""
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise DatasetError(f"reading the image folder {root} needs Pillow: pip install \"supermask[images]\"") from e
+    # Pillow's decoders raise all of these for broken files.
+    broken = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+    def peek(f: Path) -> tuple[str, tuple[int, int]]:
+        try:
+            with Image.open(f) as im:
+                mode, size = im.mode, im.size
+        except broken as e:
+            raise DatasetError(f"cannot decode image {f}: {e}; fix or remove the file") from e
+        if mode in _DEEP_MODES:
+            raise DatasetError(f"{f} is a {mode} (16-bit or floating-point) image; only 8-bit images are "
+                               "read: convert it to 8-bit grey or RGB")
+        return mode, size
+
+    files = {s: _scan_split(root / s) for s in SPLITS}
+    heads = {}
+    for s in SPLITS:
+        if not files[s]:
+            raise _no_images(root / s)
+        heads[s] = [peek(f) for _, f in files[s]]
+        first, size = files[s][0][1], heads[s][0][1]
+        bad = next((i for i, (_, sz) in enumerate(heads[s]) if sz != size), None)
+        if bad is not None:
+            w, h = heads[s][bad][1]
+            raise DatasetError(f"{files[s][bad][1]} is {w}x{h} pixels but {first} is {size[0]}x{size[1]}; all "
+                               "images must have the same size: resize them first")
+    (tw, th), (vw, vh) = heads["train"][0][1], heads["test"][0][1]
+    if (tw, th) != (vw, vh):
+        raise DatasetError(f"train images are {tw}x{th} pixels ({files['train'][0][1]}) but test images are "
+                           f"{vw}x{vh} ({files['test'][0][1]}); both splits need the same image size")
+    # One channel only when every image of both splits is grey, so the splits always agree.
+    mode = "L" if all(m == "L" for s in SPLITS for m, _ in heads[s]) else "RGB"
+    classes = tuple(sorted({c for s in SPLITS for c, _ in files[s]}))
+    index = {c: i for i, c in enumerate(classes)}
+    images = np.empty((len(files[split]), 1 if mode == "L" else 3, th, tw), dtype=np.uint8)
+    for i, (_, f) in enumerate(files[split]):
+        try:
+            with Image.open(f) as im:
+                a = np.asarray(im.convert(mode))
+        except broken as e:
+            raise DatasetError(f"cannot decode image {f}: {e}; fix or remove the file") from e
+        images[i] = a[None] if mode == "L" else a.transpose(2, 0, 1)
+    labels = np.array([index[c] for c, _ in files[split]], dtype=np.int64)
+    return images, labels, classes
+
+
+def _load_path(name: str, split: str) -> Dataset:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        images, labels, classes = _load_image_folder(path, split)
+    elif path.exists():
+        images, labels, classes = _load_npz(path, split)
+    else:
+        raise DatasetError(f"dataset path {name} does not exist; give {_LAYOUT}")
+    c = images.shape[1] if images.ndim == 4 else 1
+    scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
+    labels = labels.astype(np.int64)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return Dataset(name, split, images, labels, classes, Preprocess(scale, (0.0,) * c, (1.0,) * c))
+
+
+def from_arrays(x: np.ndarray, y: np.ndarray, *, split: str = "train", name: str = "arrays",
+                classes=None) -> Dataset:
+    """One split from in-memory arrays, with the rules of a ``.npz`` data set: images (N, H, W),
+    (N, C, H, W) or feature vectors (N, F), uint8 or float; integer labels (N,); ``classes``
+    names them (default ``"0".."K-1"`` from the largest label)."""
+    x, y = np.asarray(x), np.asarray(y)
+    where = Path(f"{split} data")
+    sample = _check_x(where, "inputs", x.shape, x.dtype)
+    _check_y(where, "labels", y.shape, y.dtype, x.shape[0], "inputs")
+    if classes is not None:
+        classes = tuple(str(c) for c in classes)
+        if not classes or len(set(classes)) != len(classes):
+            raise DatasetError(f"{where}: classes must be a non-empty list of unique names")
+    classes = _label_classes(where, {split: y}, classes)
+    x = x.reshape(x.shape[0], *sample)
+    if x.dtype != np.uint8:
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise DatasetError(f"{where}: inputs hold NaN or infinite values (as float32); all must be finite")
+    x, y = np.ascontiguousarray(x), y.astype(np.int64)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    c = x.shape[1] if x.ndim == 4 else 1
+    scale = 1.0 / 255.0 if x.dtype == np.uint8 else 1.0
+    return Dataset(name, split, x, y, classes, Preprocess(scale, (0.0,) * c, (1.0,) * c))
+
+
 # ------------------------------------------------------------------------------- load
 
 
@@ -340,10 +605,15 @@ def _source(name: str) -> Source:
 
 
 def load(name: str, split: str, data_dir: str | os.PathLike | None = None, download: bool = False) -> Dataset:
-    """Load one split (``"train"`` or ``"test"``) of data set ``name`` (see module docstring)."""
-    src = _source(name)
+    """Load one split (``"train"`` or ``"test"``) of data set ``name``, a registered name or a
+    path to a ``.npz`` file or an image folder (see module docstring)."""
+    if name not in SOURCES and not is_path_dataset(name):
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or give {_LAYOUT}")
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if name not in SOURCES:
+        return _load_path(name, split)
+    src = SOURCES[name]
     if src.format == "bundled":
         images, labels = _load_bundled(name, split)
     else:

@@ -66,3 +66,8 @@ class SweepError(SupermaskError):
 
 class ReportError(SupermaskError):
     """A report cannot be made from the runs given (missing extra, duplicate runs)."""
+
+
+class ModelError(SupermaskError):
+    """A network cannot be used as asked: its factory fails, it has nothing to mask, a pattern
+    matches no layer, or it cannot be exported to ONNX (the message names the layer)."""

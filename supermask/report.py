@@ -31,7 +31,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .errors import ReportError
-from .learn import DENSITY_LEARNED, LEARNED_METHODS
+from .train.config import DENSITY_LEARNED, LEARNED_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +72,23 @@ def measure(run_dirs: Sequence[str | os.PathLike], *, artifacts: str | os.PathLi
 
     Files are written to a temporary folder, or kept under ``artifacts`` when given.
     """
-    from .export import build_model, export_ticket
-    from .find import load_npz, pack
+    from .export import export_ticket, fill_graph
+    from .train.data import load_model
+    from .train.pack import pack
+    from .train.runs import load_npz
 
     rows: list[dict] = []
     runs = check_runs(run_dirs)
     with tempfile.TemporaryDirectory(prefix="supermask-report-") as tmp:
-        for run, (cfg, arch, results) in runs.items():
-            num_params = sum(p.size for p in arch.params())
-            num_weights = arch.num_weights
+        for run, (cfg, info, results) in runs.items():
+            num_params = sum(math.prod(t["shape"]) for t in info["tensors"])
+            num_weights = sum(math.prod(t["shape"]) for t in info["tensors"] if t["fate"] == "masked")
             base = Path(artifacts) / run.name if artifacts else Path(tmp) / run.name
             base.mkdir(parents=True, exist_ok=True)
-            todo = results.get("rows", [])
+            model = load_model(cfg.model, info["input_shape"], len(info["classes"]))
+            graph = None
+            # the dense row reuses the graph of a packed ticket, so it comes last
+            todo = sorted(results.get("rows", []), key=lambda r: r["criterion"] == "dense")
             for i, r in enumerate(todo):
                 tag = f"{r['criterion']}-{r['init']}-{r['keep']:g}"
                 row = {k: r.get(k) for k in ("model", "dataset", "criterion", "init", "keep", "seed",
@@ -95,7 +100,10 @@ def measure(run_dirs: Sequence[str | os.PathLike], *, artifacts: str | os.PathLi
                     row["dense_float32_bytes"] = _write_float32(base / f"{tag}.f32", w)
                     for fmt in ("dense", "sparse"):
                         path = base / f"{tag}.{fmt}.onnx"
-                        atomic_write(path, build_model(arch, w, storage=fmt).SerializeToString())
+                        if graph is None:
+                            raise ReportError(f"{run}: the dense row needs a packed ticket's graph; evaluate at "
+                                              f"least one criterion")
+                        atomic_write(path, fill_graph(graph, w, fmt).SerializeToString())
                         row[f"{fmt}_onnx_bytes"] = _size(path)
                     row["ticket_bitpack_bytes"] = row["ticket_entropy_bytes"] = None
                     row["bits_per_weight_bitpack"] = row["bits_per_weight_entropy"] = None
@@ -104,10 +112,11 @@ def measure(run_dirs: Sequence[str | os.PathLike], *, artifacts: str | os.PathLi
                     for codec in ("bitpack", "entropy"):
                         path = base / f"{tag}.{codec}.smask"
                         tickets[codec] = pack(run, path, criterion=r["criterion"], keep=r["keep"],
-                                              init=r["init"], codec=codec)
+                                              init=r["init"], codec=codec, model=model)
                         row[f"ticket_{codec}_bytes"] = _size(path)
                         row[f"bits_per_weight_{codec}"] = 8 * row[f"ticket_{codec}_bytes"] / num_weights
                     t = tickets["entropy"]
+                    graph = t.graph
                     row["dense_float32_bytes"] = _write_float32(base / f"{tag}.f32", t.weights(verify=False))
                     for fmt in ("dense", "sparse"):
                         res = export_ticket(t, base / f"{tag}.{fmt}.onnx", fmt, check=False)
@@ -130,7 +139,7 @@ def check_runs(run_dirs: Sequence[str | os.PathLike]) -> dict[Path, tuple]:
     Two runs clash when they hold a result for the same group and seed: the same folder
     given twice (through two paths), or two folders with the same training config and seed.
     """
-    from .find import load_run
+    from .train.runs import load_run
 
     runs: dict[Path, tuple] = {}
     seen: dict[tuple, Path] = {}
@@ -516,7 +525,7 @@ def write_report(rows: list[dict], out: str | os.PathLike, *, command: str | Non
 def report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, artifacts: str | None = None,
            progress: bool = True, command: str | None = None) -> dict[str, Path]:
     """Measure every run under ``paths`` and write the report into ``out``."""
-    from .sweep import run_dirs
+    from .train.sweep import run_dirs
 
     require_matplotlib()
     rows = measure(run_dirs(paths), artifacts=artifacts, progress=progress)

@@ -49,15 +49,15 @@ from .errors import (
 )
 
 MAGIC = b"\x89SMASK\r\n"
-FORMAT_VERSION = 2  # the newest version this module reads and writes
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # the newest version this package reads and writes (3: supermask.ticket3)
+READ_VERSIONS = (1, 2, 3)
 SUFFIX = ".smask"
 _PREFIX = struct.Struct("<8sHHI")
 _DIGEST = 32
 MAX_HEADER_BYTES = 4 << 20
 MAX_FILE_BYTES = 1 << 34
 DEFAULT_MAX_WEIGHTS = 1 << 30
-ROLES = ("masked", "regenerated", "zero")
+ROLES = ("masked", "regenerated", "zero")  # versions 1 and 2; version 3 adds "one" and "stored"
 _TOP_KEYS = {"architecture", "seed", "generator", "init", "criterion", "keep", "tensors", "metadata"}
 _TENSOR_KEYS = {"name", "shape", "role", "init", "fingerprint", "codec", "offset", "length", "num_kept", "multiplier"}
 
@@ -96,9 +96,14 @@ class TensorEntry:
 
 @dataclass(frozen=True)
 class Ticket:
-    """A parsed ticket. ``masks`` maps each masked tensor's name to a bool array of its shape."""
+    """A parsed ticket. ``masks`` maps each masked tensor's name to a bool array of its shape.
 
-    architecture: Architecture
+    Version 1 and 2 tickets describe their network with ``architecture`` (a layer list);
+    version 3 tickets carry an ONNX ``graph`` instead (``architecture`` is None), plus the
+    ``stored`` float32 tensors (BatchNorm statistics, trained biases and norm parameters).
+    """
+
+    architecture: Architecture | None
     seed: int
     init: rng.InitSpec
     masks: Mapping[str, np.ndarray]
@@ -108,6 +113,27 @@ class Ticket:
     metadata: Mapping = field(default_factory=dict)
     file_bytes: int = 0
     sha256: str = ""
+    version: int = 1
+    graph: bytes | None = None
+    graph_input_shape: tuple[int, ...] | None = None
+    graph_classes: tuple[str, ...] | None = None
+    stored: Mapping[str, np.ndarray] = field(default_factory=dict)
+    fingerprint: str | None = None  # version 3: one digest over every regenerated tensor
+    section_bytes: int = 0  # version 3: the compressed header-and-graph section
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.graph_classes if self.architecture is None else self.architecture.classes
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.graph_input_shape if self.architecture is None else tuple(self.architecture.input_shape)
+
+    @property
+    def model_name(self) -> str:
+        if self.architecture is not None:
+            return self.architecture.name
+        return str(self.metadata.get("model") or "onnx graph")
 
     def tensor(self, name: str) -> TensorEntry:
         for t in self.tensors:
@@ -120,6 +146,10 @@ class Ticket:
         t = self.tensor(name)
         if t.role == "zero":
             return np.zeros(t.shape, dtype=np.float32)
+        if t.role == "one":
+            return np.ones(t.shape, dtype=np.float32)
+        if t.role == "stored":
+            return np.array(self.stored[t.name], dtype=np.float32)
         return rng.generate(self.seed, t.name, t.shape, t.distribution, t.scale)
 
     def weights(self, verify: bool = True) -> dict[str, np.ndarray]:
@@ -130,33 +160,45 @@ class Ticket:
         fingerprint in the ticket; a mismatch raises :class:`VerificationError`.
         """
         out: dict[str, np.ndarray] = {}
+        digest = hashlib.sha256() if verify and self.fingerprint is not None else None
         for t in self.tensors:
             w = self.init_weights(t.name)
-            if verify and t.role != "zero":
+            generated = t.role in ("masked", "regenerated")
+            if verify and generated and digest is None:
                 rng.verify(w, t.distribution, t.fingerprint, t.name)
+            if digest is not None and generated:
+                digest.update(np.ascontiguousarray(w, dtype="<f4").tobytes())
             if t.role == "masked":
                 np.multiply(w, self.masks[t.name], out=w)
             if t.multiplier != 1.0:
                 w *= np.float32(t.multiplier)
-            if t.role != "zero":
+            if generated:
                 w += np.float32(0.0)  # -0.0 -> +0.0: pruned weights are exactly +0.0
             out[t.name] = w
+        if digest is not None and digest.hexdigest()[:16] != self.fingerprint:
+            from .errors import VerificationError
+
+            raise VerificationError(
+                f"the regenerated weights do not match the ticket's fingerprint {self.fingerprint} (got "
+                f"{digest.hexdigest()[:16]}): this machine's generator differs from the one that packed it")
         return out
 
     @property
     def num_weights(self) -> int:
-        return sum(t.size for t in self.tensors if t.role != "zero")
+        """Elements of the generated tensors (the ones a mask may cover)."""
+        return sum(t.size for t in self.tensors if t.role in ("masked", "regenerated"))
 
     @property
     def num_kept(self) -> int:
-        return sum(t.num_kept if t.role == "masked" else t.size for t in self.tensors if t.role != "zero")
+        return sum(t.num_kept if t.role == "masked" else t.size for t in self.tensors
+                   if t.role in ("masked", "regenerated"))
 
     def summary(self) -> dict:
         """Machine-readable summary (what ``supermask inspect --json`` prints)."""
         dense_bytes = 4 * sum(t.size for t in self.tensors)
         rows = []
         for t in self.tensors:
-            kept = t.num_kept if t.role == "masked" else (0 if t.role == "zero" else t.size)
+            kept = t.num_kept if t.role == "masked" else (t.size if t.role == "regenerated" else 0)
             rows.append({
                 "name": t.name,
                 "shape": list(t.shape),
@@ -164,17 +206,20 @@ class Ticket:
                 "distribution": t.distribution,
                 "num_weights": t.size,
                 "num_kept": kept,
-                "density": (kept / t.size) if t.size and t.role != "zero" else None,
+                "density": (kept / t.size) if t.size and t.role in ("masked", "regenerated") else None,
                 "codec": t.codec,
                 "payload_bytes": t.length,
                 "bits_per_weight": (8 * t.length / t.size) if t.size and t.role == "masked" else None,
                 "multiplier": t.multiplier,
             })
         n = self.num_weights
+        stored_bytes = sum(t.length for t in self.tensors if t.role == "stored")
+        mask_bytes = sum(t.length for t in self.tensors if t.role == "masked")
         return {
-            "architecture": self.architecture.name,
-            "input_shape": list(self.architecture.input_shape),
-            "num_classes": self.architecture.num_classes,
+            "version": self.version,
+            "architecture": self.model_name,
+            "input_shape": list(self.input_shape),
+            "num_classes": len(self.classes),
             "seed": self.seed,
             "generator": {"name": rng.GENERATOR_NAME, "version": rng.GENERATOR_VERSION},
             "init": self.init.to_dict(),
@@ -188,6 +233,10 @@ class Ticket:
             "bits_per_weight": 8 * self.file_bytes / n if n else None,
             "dense_float32_bytes": dense_bytes,
             "compression_ratio": dense_bytes / self.file_bytes if self.file_bytes else None,
+            "mask_bytes": mask_bytes,
+            "stored_bytes": stored_bytes,
+            "overhead_bytes": self.file_bytes - mask_bytes - stored_bytes,
+            "graph": None if self.graph is None else {"bytes": len(self.graph), "section_bytes": self.section_bytes},
             "metadata": dict(self.metadata),
             "tensors": rows,
         }
@@ -332,7 +381,7 @@ def _reject_constant(name: str) -> None:
     raise _fail(f"header contains {name}, which is not valid JSON")
 
 
-def _parse_header(raw: bytes) -> dict:
+def _parse_header(raw: bytes, keys: set[str] = _TOP_KEYS) -> dict:
     try:
         text = raw.decode("utf-8")
         header = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
@@ -342,7 +391,7 @@ def _parse_header(raw: bytes) -> dict:
         raise _fail(f"header is not valid UTF-8 JSON: {str(e)[:200]}") from None
     if not isinstance(header, dict):
         raise _fail("header must be a JSON object")
-    missing, extra = _TOP_KEYS - set(header), set(header) - _TOP_KEYS
+    missing, extra = keys - set(header), set(header) - keys
     if missing or extra:
         raise _fail(f"header fields wrong: missing {sorted(missing)}, unknown {sorted(extra)[:10]}")
     return header
@@ -361,6 +410,17 @@ def _is_hex_float(v: object) -> bool:
         return math.isfinite(float.fromhex(v))
     except (ValueError, OverflowError):
         return False
+
+
+def parse_multiplier(m: object, name: str) -> float:
+    """A tensor's ``multiplier`` field: a hex float32, positive, finite and not 1."""
+    try:
+        factor = _check_multiplier(float.fromhex(m), name) if _is_hex_float(m) else None
+    except TicketFormatError:
+        factor = None
+    if factor is None or factor == 1.0:
+        raise _fail(f"tensor {name!r}: multiplier {m!r:.40} must be a hex float32 other than 1")
+    return factor
 
 
 def _parse_tensor(d: object, p: Param, init: rng.InitSpec, version: int) -> TensorEntry:
@@ -385,13 +445,7 @@ def _parse_tensor(d: object, p: Param, init: rng.InitSpec, version: int) -> Tens
         need |= {"codec", "offset", "length", "num_kept"}
     factor = 1.0
     if "multiplier" in d and role != "zero":
-        m = d["multiplier"]
-        try:
-            factor = _check_multiplier(float.fromhex(m), name) if _is_hex_float(m) else None
-        except TicketFormatError:
-            factor = None
-        if factor is None or factor == 1.0:
-            raise _fail(f"tensor {name!r}: multiplier {m!r:.40} must be a hex float32 other than 1")
+        factor = parse_multiplier(d["multiplier"], name)
         need.add("multiplier")
     if set(d) != need:
         raise _fail(f"tensor {name!r} with role {role} must have exactly the fields {sorted(need)}")
@@ -455,6 +509,7 @@ def decode_ticket(data: bytes | bytearray | memoryview, *, max_weights: int = DE
         raise UnsupportedVersionError(
             f"ticket format version {version}; this reader supports versions "
             f"{', '.join(map(str, READ_VERSIONS))} (upgrade supermask to read newer tickets)")
+
     if reserved != 0:
         raise _fail("reserved header bytes are not zero")
     if not 1 <= hlen <= MAX_HEADER_BYTES:
@@ -465,6 +520,10 @@ def decode_ticket(data: bytes | bytearray | memoryview, *, max_weights: int = DE
     if digest != bytes(data[size - _DIGEST:]):
         raise ChecksumError("ticket checksum mismatch: the file is damaged or was modified "
                             "(re-copy it or re-run `supermask pack`)")
+    if version == 3:
+        from .ticket3 import decode_v3
+
+        return decode_v3(data, hlen, max_weights=max_weights)
     header = _parse_header(bytes(data[_PREFIX.size: _PREFIX.size + hlen]))
 
     gen = header["generator"]
@@ -537,6 +596,7 @@ def decode_ticket(data: bytes | bytearray | memoryview, *, max_weights: int = DE
         metadata=_wrap(_check_metadata, header["metadata"]),
         file_bytes=size,
         sha256=hashlib.sha256(data).hexdigest(),
+        version=version,
     )
 
 

@@ -22,6 +22,11 @@ BLOCK_TORCH = (
 )
 
 
+# The same, for `torch` and `onnx` both: what a device that only has numpy and onnxruntime sees.
+BLOCK_TORCH_AND_ONNX = BLOCK_TORCH.replace("name == 'torch' or name.startswith('torch.')",
+                                           "name.split('.')[0] in ('torch', 'onnx')")
+
+
 def cuda_available() -> bool:
     try:
         import torch

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import supermask.runtime as smr
+from supermask import read_ticket
 from supermask.cli import main
 
 from deploy_helpers import FASHION_CLASSES, fashion_test, make_ticket
@@ -225,7 +226,9 @@ def test_eval_accuracy_equals_what_find_reported(tmp_path, model, variant):
     # find (torch) measures each mask's test accuracy; pack records it in the ticket; eval
     # (onnxruntime, no torch) must get the same number on the same test set.
     pytest.importorskip("torch")
-    from supermask.find import FindConfig, find, pack
+    from supermask.train.config import FindConfig
+    from supermask.train.find import find
+    from supermask.train.pack import pack
 
     cfg = FindConfig(model=model, dataset="digits", epochs=3, lr=1e-3, criteria=("large_final_same_sign",),
                      keeps=(0.3,))
@@ -238,6 +241,7 @@ def test_eval_accuracy_equals_what_find_reported(tmp_path, model, variant):
     assert out["num_examples"] == row["total"] == 364
     assert out["correct"] == row["correct"] and out["accuracy"] == row["accuracy"]
     assert out["ticket_accuracy"] == row["accuracy"] and out["ticket_dataset"] == "digits"
+    assert read_ticket(tmp_path / "t.smask").version == 3  # the graph travels in the ticket
     assert row["accuracy"] > 0.3  # a real mask, not chance
 
 
@@ -256,12 +260,14 @@ def test_eval_errors(tmp_path, ticket, bad_tickets):
 
 
 def test_eval_dataset_and_split_are_choices(ticket):
-    # like `find`: a data set or split that does not exist is a usage error (exit 2) naming the choices
+    # like `find`: --dataset is a name or a path now (.npz file, image folder), so a data set that
+    # does not exist is a one-line error (exit 1) naming the choices; a bad split is a usage error (exit 2)
     from supermask import datasets
 
     r = invoke("eval", ticket, "--dataset", "imagenet")
-    assert r.exit_code == 2 and "Invalid value for '--dataset'" in r.output
-    assert all(name in r.output for name in datasets.DATASETS)
+    assert_error(r, "unknown dataset 'imagenet'", ".npz file", "image folder")
+    assert all(name in r.stderr for name in datasets.DATASETS)
+    assert_error(invoke("eval", ticket, "--dataset", "no/such/folder"), "no/such/folder does not exist")
     r = invoke("eval", ticket, "--dataset", "digits", "--split", "dev")
     assert r.exit_code == 2 and "Invalid value for '--split'" in r.output and "'train', 'test'" in r.output
     help_text = invoke("eval", "--help").output

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from supermask import criteria as C
+from supermask.train import criteria as C
 
 WI = np.array([0.5, -0.2, 0.1, -0.4, 0.3, 0.0], dtype=np.float32)
 WF = np.array([0.6, 0.7, -0.05, -0.1, 0.0, 0.2], dtype=np.float32)

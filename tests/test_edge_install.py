@@ -1,6 +1,8 @@
 """The edge install: a fresh virtual environment with only the runtime side
-(``pip install supermask[cpu]``: numpy, click, constriction, onnx, onnxruntime; no torch)
-loads a ticket, evaluates it and predicts, through the library and the command line.
+(``pip install supermask[cpu]``: numpy, click, constriction, onnxruntime; no torch, no onnx)
+loads a ticket, evaluates it and predicts, through the library and the command line. The
+tickets are format version 3, what ``pack`` writes (their graph travels inside); a version-1
+ticket, which holds no graph, needs the onnx package and says so.
 
 This test needs pip to reach a package index (or a local wheel folder with the
 dependencies); it takes about 10-60 s depending on pip's cache.
@@ -18,7 +20,7 @@ import pytest
 
 import supermask.runtime as smr
 
-from deploy_helpers import fashion_test, make_ticket
+from deploy_helpers import fashion_test, make_ticket, make_ticket3
 from helpers import REPO
 from test_runtime_inputs import encode_png
 
@@ -50,7 +52,8 @@ def test_edge_env_has_the_runtime_and_no_torch(edge_env):
             "('torch', 'onnxruntime', 'onnx', 'numpy', 'supermask')}))")
     r = _run([str(py), "-c", code], py.parent)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == {"torch": False, "onnxruntime": True, "onnx": True, "numpy": True,
+    # onnx left the core dependencies: version-3 tickets carry their graph (installed with [export]/[train])
+    assert json.loads(r.stdout) == {"torch": False, "onnxruntime": True, "onnx": False, "numpy": True,
                                     "supermask": True}
     r = _run([str(py), "-c", "import supermask, sys; print(supermask.__file__)"], py.parent)
     assert "site-packages" in r.stdout, r.stdout  # the installed copy, not the source tree
@@ -58,7 +61,8 @@ def test_edge_env_has_the_runtime_and_no_torch(edge_env):
 
 def test_edge_env_loads_evaluates_and_predicts(edge_env, tmp_path):
     py, bindir = edge_env
-    ticket, _ = make_ticket(tmp_path / "model.smask", density=0.2, seed=4)
+    ticket, t = make_ticket3(tmp_path / "model.smask", density=0.2, seed=4)
+    assert t.version == 3
     images, labels = fashion_test()
     x, y = images[:500], labels[:500]
     np.save(tmp_path / "x.npy", x)
@@ -90,8 +94,8 @@ def test_edge_env_loads_evaluates_and_predicts(edge_env, tmp_path):
     from supermask import datasets
 
     digits = datasets.load("digits", "test")
-    dticket, _ = make_ticket(tmp_path / "digits.smask", "lenet-300-100", (1, 8, 8), density=0.5,
-                             classes=digits.classes, preprocess=digits.preprocess)
+    dticket, _ = make_ticket3(tmp_path / "digits.smask", "lenet-300-100", (1, 8, 8), density=0.5,
+                              classes=digits.classes, preprocess=digits.preprocess)
     want = smr.load(dticket, device="cpu").evaluate(digits.images, digits.labels)
     r = _run([str(bindir / "supermask"), "eval", "--json", str(dticket), "--dataset", "digits"], tmp_path)
     assert r.returncode == 0, r.stderr
@@ -106,3 +110,39 @@ def test_edge_env_loads_evaluates_and_predicts(edge_env, tmp_path):
     # command line: bad input gives a one-line error and exit status 1
     r = _run([str(bindir / "supermask"), "predict", str(ticket), str(tmp_path / "missing.npy")], tmp_path)
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("Error: no such file")
+    # a version-1 ticket (a layer list, no graph) needs onnx, which the edge install leaves out: a clear error
+    old, _ = make_ticket(tmp_path / "v1.smask", density=0.2, seed=4)
+    r = _run([str(bindir / "supermask"), "predict", str(old), str(tmp_path / "batch.npy")], tmp_path)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and last.startswith("Error: ") and "needs the `onnx` package" in last, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_edge_env_runs_what_pack_writes(edge_env, tmp_path):
+    # `supermask pack` writes format version 3 (the network's graph travels in the ticket): it
+    # runs in the torch-free environment too, without the onnx package, and gets find's accuracy.
+    pytest.importorskip("torch")
+    from supermask.train.config import FindConfig
+    from supermask.train.find import find
+    from supermask.train.pack import pack
+
+    py, bindir = edge_env
+    cfg = FindConfig("lenet-300-100", "digits", iterations=60, criteria=("large_final_same_sign",), keeps=(0.3,))
+    res = find(cfg, tmp_path / "run", device="cpu", progress=False)
+    row = next(r for r in res["rows"] if r["criterion"] == "large_final_same_sign" and r["init"] == "original")
+    ticket = tmp_path / "packed.smask"
+    assert pack(tmp_path / "run", ticket).version == 3
+    code = (
+        "import json, sys, supermask.runtime as smr\n"
+        "from supermask import datasets\n"
+        f"m = smr.load({str(ticket)!r}, device='cpu')\n"
+        "d = datasets.load('digits', 'test')\n"
+        "print(json.dumps({'correct': m.evaluate(d.images, d.labels).correct, 'onnx': 'onnx' in sys.modules}))\n"
+    )
+    r = _run([str(py), "-c", code], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"correct": row["correct"], "onnx": False}
+    r = _run([str(bindir / "supermask"), "eval", "--json", str(ticket), "--dataset", "digits"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(r.stdout)
+    assert (ev["correct"], ev["num_examples"], ev["ticket_accuracy"]) == (row["correct"], 364, row["accuracy"])

@@ -163,8 +163,11 @@ def test_found_supermasks_match_torch_on_fashion_mnist(tmp_path, model):
     # Masks found by training (large_final_same_sign), not random ones: the logits of a real
     # supermask are what a deployment computes. Same 1e-5 bound, dense == sparse exactly.
     pytest.importorskip("torch")
-    from supermask.find import FindConfig, find, pack
+    from supermask.train.config import FindConfig
+    from supermask.train.find import find
+    from supermask.train.pack import pack
 
+    from deploy_helpers import run_preprocess
     from helpers import SHARED_DATA
 
     cfg = FindConfig(model=model, dataset="fashion-mnist", epochs=1, train_limit=3000, test_limit=1000,
@@ -173,7 +176,8 @@ def test_found_supermasks_match_torch_on_fashion_mnist(tmp_path, model):
     t = pack(tmp_path / "run", tmp_path / "t.smask", criterion="large_final_same_sign", keep=0.2)
     images, labels = fashion_test()
     x = images[:256]
-    ref = torch_logits(t, x)
+    assert t.version == 3 and t.architecture is None  # the graph travels in the ticket
+    ref = torch_logits(t, x, run_preprocess(tmp_path / "run"))  # the built-in nn.Module with the ticket's tensors
     runtime = smr.load(tmp_path / "t.smask", device="cpu").logits(x)
     dense = _ort_logits(export_ticket(t, tmp_path / "d.onnx", "dense").path, x)
     sparse = _ort_logits(export_ticket(t, tmp_path / "s.onnx", "sparse").path, x)

@@ -14,12 +14,18 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from supermask import criteria as crit  # noqa: E402
-from supermask import datasets  # noqa: E402
-from supermask import find as F  # noqa: E402
+from supermask import datasets, models  # noqa: E402
 from supermask.cli import main  # noqa: E402
 from supermask.errors import LockedError, RunError, SupermaskError, SweepError  # noqa: E402
 from supermask.ticket import read_ticket  # noqa: E402
+from supermask.train import config as C  # noqa: E402
+from supermask.train import criteria as crit  # noqa: E402
+from supermask.train import find as TF  # noqa: E402
+from supermask.train import loop, masks as M, meter  # noqa: E402
+from supermask.train.data import to_tensors  # noqa: E402
+from supermask.train.pack import pack  # noqa: E402
+from supermask.train.runs import is_complete, load_npz, load_run, pick_row, run_masks  # noqa: E402
+from supermask.train.subject import Subject  # noqa: E402
 
 from helpers import SHARED_DATA, cuda_available  # noqa: E402
 
@@ -36,40 +42,52 @@ def run_cli(*args):
     return r
 
 
+def _subject(cfg, info) -> Subject:
+    """The plan of a run's (built-in) network, rebuilt from its config and model.json."""
+    return Subject.from_module(models.create(cfg.model, info["input_shape"], len(info["classes"])),
+                               include=cfg.include, exclude=cfg.exclude, affine=cfg.affine)
+
+
+def _preprocess(info):
+    from supermask.arch import Preprocess
+
+    return Preprocess(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in info["preprocess"].items()})
+
+
 # ------------------------------------------------------------------------------- config
 
 
 def test_config_defaults_follow_the_papers():
-    c = F.FindConfig("lenet-300-100", "fashion-mnist")
+    c = C.FindConfig("lenet-300-100", "fashion-mnist")
     assert c.lr == 1.2e-3 and c.batch_size == 60 and c.keeps == (0.5, 0.3, 0.2, 0.1, 0.05)
     assert c.criteria == tuple(crit.CRITERIA) and c.selection == "layerwise"
-    assert F.FindConfig("conv2", "cifar10").lr == 2e-4
-    assert F.FindConfig("conv4", "cifar10").lr == 3e-4 == F.FindConfig("conv6", "cifar10").lr
+    assert C.FindConfig("conv2", "cifar10").lr == 2e-4
+    assert C.FindConfig("conv4", "cifar10").lr == 3e-4 == C.FindConfig("conv6", "cifar10").lr
 
 
 def test_config_hashes_are_pinned_and_split_by_stage():
-    c = F.FindConfig("lenet-300-100", "fashion-mnist")
+    c = C.FindConfig("lenet-300-100", "fashion-mnist")
     # Pinned: changing the canonical form would silently rename existing runs.
     assert c.train_hash == "f537f6a1e791597d"
     assert c.run_hash == "a2a02059f0636ebd"
     # evaluation-only changes keep the training identity
-    e = F.FindConfig("lenet-300-100", "fashion-mnist", keeps=(0.1,), criteria=("random",))
+    e = C.FindConfig("lenet-300-100", "fashion-mnist", keeps=(0.1,), criteria=("random",))
     assert e.train_hash == c.train_hash and e.run_hash != c.run_hash
-    assert F.FindConfig("lenet-300-100", "fashion-mnist", seed=1).train_hash != c.train_hash
-    assert F.FindConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    assert C.FindConfig("lenet-300-100", "fashion-mnist", seed=1).train_hash != c.train_hash
+    assert C.FindConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
 
 
 def test_iterations_make_epochs_irrelevant_to_the_run_identity():
-    it = F.FindConfig("lenet-300-100", "fashion-mnist", iterations=400)
-    both = F.FindConfig("lenet-300-100", "fashion-mnist", epochs=5, iterations=400)
+    it = C.FindConfig("lenet-300-100", "fashion-mnist", iterations=400)
+    both = C.FindConfig("lenet-300-100", "fashion-mnist", epochs=5, iterations=400)
     assert it == both and it.epochs is None and both.to_dict() == it.to_dict()
     # Pinned. These changed once, when epochs stopped counting for runs with --iterations
     # (it used to hold 20 or whatever --epochs said); find still reuses a folder written
     # under the old rule, because it compares configs, not hash strings.
     assert it.train_hash == "653e28f2cd16e0a7" and it.run_hash == "97a2931ccc12b32d"
-    assert F.FindConfig("lenet-300-100", "fashion-mnist", epochs=None).epochs == F.DEFAULT_EPOCHS
-    assert F.FindConfig("lenet-300-100", "fashion-mnist", epochs=5).train_hash != \
-        F.FindConfig("lenet-300-100", "fashion-mnist").train_hash
+    assert C.FindConfig("lenet-300-100", "fashion-mnist", epochs=None).epochs == C.DEFAULT_EPOCHS
+    assert C.FindConfig("lenet-300-100", "fashion-mnist", epochs=5).train_hash != \
+        C.FindConfig("lenet-300-100", "fashion-mnist").train_hash
 
 
 def test_find_and_sweep_share_their_options():
@@ -85,8 +103,8 @@ def test_find_and_sweep_share_their_options():
     for name in set(f) & set(s) - {"out"}:
         assert f[name] == s[name], name
     assert {"lr", "batch_size", "epochs", "iterations", "device"} <= set(s)
-    assert ",".join(map(str, F.DEFAULT_KEEPS)) in f["keeps"][1]
-    assert list(next(p for p in find.params if p.name == "device").type.choices) == list(F.DEVICES)
+    assert ",".join(map(str, C.DEFAULT_KEEPS)) in f["keeps"][1]
+    assert list(next(p for p in find.params if p.name == "device").type.choices) == list(C.DEVICES)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -104,13 +122,14 @@ def test_find_and_sweep_share_their_options():
 def test_config_rejects_bad_values(kwargs, match):
     base = dict(model="lenet-300-100", dataset="mnist")
     with pytest.raises(ValueError, match=match):
-        F.FindConfig(**{**base, **kwargs})
+        C.FindConfig(**{**base, **kwargs})
 
 
 @pytest.mark.parametrize("args, match", [
     (["--keep", "0.5,1.5"], "fraction in \\(0, 1\\]"),
     (["--criteria", "large_final,biggest"], "unknown criterion 'biggest'"),
-    (["--model", "vgg"], "'vgg' is not one of"),
+    # --model is a free string now (a built-in name or a module:factory spec): the config names the choices
+    (["--model", "vgg"], "unknown model 'vgg'; choose one of lenet-300-100"),
     (["--device", "tpu"], "'tpu' is not one of"),
     (["--lr", "0"], "0<x<1"),
 ])
@@ -145,8 +164,8 @@ def digits_run(tmp_path_factory):
 
 def test_run_directory_layout_and_rows(digits_run):
     names = {p.name for p in digits_run.iterdir()}
-    assert names == {"config.json", "architecture.json", "weights.npz", "train.json", "masks.npz", "results.json",
-                     ".lock"}
+    assert names == {"config.json", "model.json", "weights.npz", "train.json", "masks.npz", "extras.npz",
+                     "results.json", ".lock"}
     res = json.loads((digits_run / "results.json").read_text())
     rows = res["rows"]
     assert len(rows) == 1 + len(crit.CRITERIA) * 3 * 2
@@ -168,15 +187,24 @@ def test_run_directory_layout_and_rows(digits_run):
     with np.load(digits_run / "weights.npz", allow_pickle=False) as z:
         assert set(z.files) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"}
         assert z["fc1.weight"].dtype == np.float32
+    # lenet-300-100 with fixed biases stores no tensors beside its masks (no BatchNorm statistics)
+    with np.load(digits_run / "extras.npz", allow_pickle=False) as z:
+        assert z.files == []
+    info = json.loads((digits_run / "model.json").read_text())
+    assert info["model"] == "lenet-300-100" and info["input_shape"] == [1, 8, 8] and info["dataset"] == "digits"
+    assert [(t["name"], t["fate"]) for t in info["tensors"]] == [
+        ("fc1.weight", "masked"), ("fc1.bias", "bias"), ("fc2.weight", "masked"), ("fc2.bias", "bias"),
+        ("fc3.weight", "masked"), ("fc3.bias", "bias")]
 
 
 def test_training_starts_from_the_generator_weights(digits_run):
-    cfg, arch, _ = F.load_run(digits_run)
-    w0 = F.initial_weights(arch, cfg.seed, cfg.init_spec)
-    wf = F.load_npz(digits_run / "weights.npz")
+    cfg, info, _ = load_run(digits_run)
+    subject = _subject(cfg, info)
+    w0 = subject.initial_weights(cfg.seed, cfg.init_spec)
+    wf = load_npz(digits_run / "weights.npz")
     # trained weights moved from the init, but only a little relative to their scale: the
     # correlation shows which init they came from; a different seed's init does not match.
-    other = F.initial_weights(arch, cfg.seed + 1, cfg.init_spec)
+    other = subject.initial_weights(cfg.seed + 1, cfg.init_spec)
     c_same = np.corrcoef(w0["fc2.weight"].ravel(), wf["fc2.weight"].ravel())[0, 1]
     c_other = np.corrcoef(other["fc2.weight"].ravel(), wf["fc2.weight"].ravel())[0, 1]
     assert c_same > 0.5 and abs(c_other) < 0.1
@@ -193,55 +221,55 @@ def test_rerun_reuses_finished_stages(digits_run):
 
 def test_interrupted_evaluation_resumes_without_retraining(tmp_path):
     out = tmp_path / "r"
-    cfg = F.FindConfig(**SMALL, criteria=("large_final_same_sign", "random"))
-    first = F.find(cfg, out, device="cpu", progress=False)
+    cfg = C.FindConfig(**SMALL, criteria=("large_final_same_sign", "random"))
+    first = TF.find(cfg, out, device="cpu", progress=False)
     train_stamp = (out / "train.json").stat().st_mtime_ns
     weights = (out / "weights.npz").read_bytes()
     (out / "results.json").unlink()  # as if killed during evaluation
-    again = F.find(cfg, out, device="cpu", progress=False)
+    again = TF.find(cfg, out, device="cpu", progress=False)
     assert again == first
     assert (out / "train.json").stat().st_mtime_ns == train_stamp and (out / "weights.npz").read_bytes() == weights
     # a new evaluation config reuses the training too
-    more = F.find(F.FindConfig(**{**SMALL, "keeps": (0.3,)}, criteria=("large_final",)), out, device="cpu",
-                  progress=False)
+    more = TF.find(C.FindConfig(**{**SMALL, "keeps": (0.3,)}, criteria=("large_final",)), out, device="cpu",
+                   progress=False)
     assert [r["keep"] for r in more["rows"][1:]] == [0.3, 0.3]
     assert (out / "train.json").stat().st_mtime_ns == train_stamp
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     # a different training config must not overwrite this run
     with pytest.raises(RunError, match="different run"):
-        F.find(F.FindConfig(**{**SMALL, "seed": 5}), out, device="cpu", progress=False)
+        TF.find(C.FindConfig(**{**SMALL, "seed": 5}), out, device="cpu", progress=False)
     r = run_cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--seed", 5, "--out", out, "-q")
     assert r.exit_code == 1 and r.output.startswith("Error: ") and "different run" in r.output
 
 
 def _killed_during(monkeypatch, step: str):
-    """Make ``step`` (a function of supermask.find) die as a SIGKILL would (nothing after it runs)."""
+    """Make ``step`` (a function supermask.train.find calls) die as a SIGKILL would (nothing after it runs)."""
 
     def die(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(F, step, die)
+    monkeypatch.setattr(TF, step, die)
 
 
 def test_pack_refuses_a_run_killed_during_a_new_evaluation(tmp_path, digits_run, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(digits_run, run)
-    cfg, _, _ = F.load_run(run)
-    other = F.FindConfig(**{**cfg.to_dict(), "selection": "global"})
+    cfg, _, _ = load_run(run)
+    other = C.FindConfig(**{**cfg.to_dict(), "selection": "global"})
     with monkeypatch.context() as m:
-        _killed_during(m, "evaluate")
+        _killed_during(m, "compute_masks")  # the first step of evaluating a mask
         with pytest.raises(KeyboardInterrupt):
-            F.find(other, run, device="cpu", progress=False)
+            TF.find(other, run, device="cpu", progress=False)
     # config.json already names the global-selection run; the layerwise masks must not be packed
     assert json.loads((run / "config.json").read_text())["run_hash"] == other.run_hash
     with pytest.raises(RunError, match="not a finished find run"):
-        F.pack(run, tmp_path / "t.smask", keep=0.2)
+        pack(run, tmp_path / "t.smask", keep=0.2)
     # the original config is not "complete" either until it is evaluated again
-    assert not F.is_complete(run, cfg) and not F.is_complete(run, other)
-    F.find(cfg, run, device="cpu", progress=False)
-    assert F.is_complete(run, cfg)
+    assert not is_complete(run, cfg) and not is_complete(run, other)
+    TF.find(cfg, run, device="cpu", progress=False)
+    assert is_complete(run, cfg)
     assert (run / "results.json").read_bytes() == (digits_run / "results.json").read_bytes()
-    F.pack(run, tmp_path / "t.smask", keep=0.2)
+    pack(run, tmp_path / "t.smask", keep=0.2)
 
 
 def test_a_run_written_under_the_old_epochs_rule_is_reused(tmp_path, digits_run):
@@ -256,8 +284,8 @@ def test_a_run_written_under_the_old_epochs_rule_is_reused(tmp_path, digits_run)
         d[key] = conf[key]
         (run / name).write_text(json.dumps(d))
     stamp = (run / "weights.npz").stat().st_mtime_ns
-    cfg, _, _ = F.load_run(digits_run)
-    F.find(cfg, run, device="cpu", progress=False)  # neither refused as "a different run" nor retrained
+    cfg, _, _ = load_run(digits_run)
+    TF.find(cfg, run, device="cpu", progress=False)  # neither refused as "a different run" nor retrained
     assert (run / "weights.npz").stat().st_mtime_ns == stamp
     assert json.loads((run / "train.json").read_text())["train_hash"] == cfg.train_hash
     assert (run / "results.json").read_bytes() == (digits_run / "results.json").read_bytes()
@@ -270,7 +298,7 @@ def test_load_run_refuses_results_of_another_config(tmp_path, digits_run):
     conf["run_hash"] = "0123456789abcdef"  # as left by a run killed before results.json was replaced
     (run / "config.json").write_text(json.dumps(conf))
     with pytest.raises(RunError, match="run is incomplete or from another config .*; re-run supermask find --out"):
-        F.load_run(run)
+        load_run(run)
     r = run_cli("pack", tmp_path / "x.smask", "--run", run)
     assert r.exit_code == 1 and r.output.startswith("Error: ") and "Traceback" not in r.output
 
@@ -288,7 +316,7 @@ def test_malformed_run_files_are_run_errors(tmp_path, digits_run, name, text, ma
     run_hash = json.loads((run / "config.json").read_text())["run_hash"]
     (run / name).write_text(text.replace("HASH", run_hash))
     with pytest.raises(RunError, match=match):
-        F.pack(run, tmp_path / "t.smask", keep=0.2)
+        pack(run, tmp_path / "t.smask", keep=0.2)
     if name == "config.json":  # find cannot tell whose folder it is: a clear error, not a traceback
         r = run_cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--out", run, "-q")
         assert r.exit_code == 1 and "config.json is malformed" in r.output and "Traceback" not in r.output
@@ -319,7 +347,8 @@ def test_unusable_run_folders_are_clear_errors(tmp_path):
     r = run_cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--out", afile / "run", "-q")
     assert r.exit_code == 1 and r.output.startswith("Error: cannot create the run folder")
     # the typed errors live in supermask.errors and stay importable where they were
-    from supermask import lock, sweep
+    from supermask import lock
+    from supermask.train import sweep
 
     assert lock.LockedError is LockedError and sweep.SweepError is SweepError
     assert issubclass(LockedError, SupermaskError) and issubclass(SweepError, SupermaskError)
@@ -331,18 +360,25 @@ def test_same_seed_gives_byte_identical_results_and_masks(tmp_path, digits_run):
                 "--keep", "0.5,0.2,0.05", "--device", "cpu", "--out", out, "-q")
     assert r.exit_code == 0, r.output
     assert (out / "results.json").read_bytes() == (digits_run / "results.json").read_bytes()
-    a, b = F.load_npz(out / "masks.npz"), F.load_npz(digits_run / "masks.npz")
+    a, b = load_npz(out / "masks.npz"), load_npz(digits_run / "masks.npz")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    wa, wb = F.load_npz(out / "weights.npz"), F.load_npz(digits_run / "weights.npz")
+    wa, wb = load_npz(out / "weights.npz"), load_npz(digits_run / "weights.npz")
     assert all(np.array_equal(wa[k], wb[k]) for k in wa)
 
 
-def _ticket_predictions(path: Path, ds) -> np.ndarray:
-    from supermask.models import torch_module as tm
+def _ticket_predictions(path: Path, ds, preprocess) -> np.ndarray:
+    """Predictions of the torch model of a version-3 ticket: the built-in model it names, with
+    the ticket's tensors (the ticket carries a graph, not an architecture)."""
+    from supermask.prediction import predict_classes
+    from supermask.train.subject import forward, state_to_torch
 
     t = read_ticket(path)
-    net = tm.build(t.architecture, t.weights(verify=True)).eval()
-    return F.predict(net, tm.preprocess(np.array(ds.images), t.architecture))
+    assert t.version == 3 and t.architecture is None
+    net = models.create(t.model_name, t.input_shape, len(t.classes)).eval()
+    x = to_tensors(ds, preprocess, "cpu")[0]
+    with torch.inference_mode():
+        out = forward(net, state_to_torch(t.weights(verify=True), "cpu"), x).numpy()
+    return predict_classes(out)
 
 
 @pytest.mark.parametrize("init", ["original", "signed-constant"])
@@ -353,40 +389,45 @@ def test_packed_ticket_reproduces_the_run_accuracy_exactly(tmp_path, digits_run,
     assert f"keep 0.2 ({init})" in r.output
     t = read_ticket(ticket)
     res = json.loads((digits_run / "results.json").read_text())
-    row = F.pick_row(res, "large_final_same_sign", 0.2, init)
+    row = pick_row(res, "large_final_same_sign", 0.2, init)
     assert t.criterion == "large_final_same_sign" and t.keep == 0.2
     assert t.metadata["dataset"] == "digits" and t.metadata["accuracy"] == row["accuracy"]
+    assert t.metadata["model"] == "lenet-300-100" and t.metadata["test_examples"] == row["total"] == 364
+    assert t.metadata.get("init_variant") == (None if init == "original" else init)  # recorded when not the default
     assert t.init.scheme == ("kaiming_uniform" if init == "original" else "signed_kaiming_constant")
     # the same predictions on the whole test set as the run's own evaluation
-    cfg, arch, _ = F.load_run(digits_run)
+    cfg, info, _ = load_run(digits_run)
+    subject = _subject(cfg, info)
     ds = datasets.load("digits", "test")
-    masks = F.run_masks(digits_run, cfg, arch, "large_final_same_sign", 0.2)
-    w = F.masked(F.initial_weights(arch, cfg.seed, F.variant_init(cfg, init)), masks)
-    from supermask.models import torch_module as tm
-
-    x = tm.preprocess(np.array(ds.images), arch)
-    correct, pred = F.accuracy(arch, w, x, ds.labels, "cpu")
+    masks = run_masks(digits_run, "large_final_same_sign", 0.2, info)
+    w = M.masked_state(subject.initial_weights(cfg.seed, M.variant_init(cfg, init)), masks, subject.fixed_values())
+    assert all(not w[n].any() for n in ("fc1.bias", "fc2.bias", "fc3.bias"))  # biases are fixed at zero
+    x = to_tensors(ds, _preprocess(info), "cpu")[0]
+    correct, pred = loop.accuracy(subject, w, x, ds.labels, "cpu")
     assert correct == row["correct"]
-    np.testing.assert_array_equal(_ticket_predictions(ticket, ds), pred)
+    np.testing.assert_array_equal(_ticket_predictions(ticket, ds, _preprocess(info)), pred)
     for name, m in masks.items():
         np.testing.assert_array_equal(t.masks[name], m)
     # the evaluation's masked weights and the ticket's are the same bits (pruned ones +0.0)
     tw = t.weights(verify=True)
     for name in masks:
         np.testing.assert_array_equal(w[name].view(np.uint32), tw[name].view(np.uint32))
+    # the fixed zero biases travel as role "zero"
+    assert {e.name: e.role for e in t.tensors if e.name.endswith(".bias")} == {
+        "fc1.bias": "zero", "fc2.bias": "zero", "fc3.bias": "zero"}
 
 
 def test_apply_mask_gives_positive_zeros():
     w = np.array([-0.0, -1.5, 2.0, -3.0], dtype=np.float32)
-    out = F.apply_mask(w, np.array([True, False, True, False]))
+    out = M.apply_mask(w, np.array([True, False, True, False]))
     assert out.dtype == np.float32 and out.view(np.uint32).tolist() == \
         np.array([0.0, 0.0, 2.0, 0.0], dtype=np.float32).view(np.uint32).tolist()
     assert w[1] == -1.5  # the input is not changed
 
 
 def test_signed_constant_ticket_weights_are_sign_of_init_times_constant(tmp_path, digits_run):
-    F.pack(digits_run, tmp_path / "o.smask", keep=0.5)
-    F.pack(digits_run, tmp_path / "s.smask", keep=0.5, init="signed-constant")
+    pack(digits_run, tmp_path / "o.smask", keep=0.5)
+    pack(digits_run, tmp_path / "s.smask", keep=0.5, init="signed-constant")
     o, s = read_ticket(tmp_path / "o.smask"), read_ticket(tmp_path / "s.smask")
     for name in ("fc1.weight", "fc3.weight"):
         wo, ws = o.init_weights(name), s.init_weights(name)
@@ -398,37 +439,45 @@ def test_pack_defaults_to_the_best_keep_and_checks_the_run(tmp_path, digits_run)
     res = json.loads((digits_run / "results.json").read_text())
     best = max((r for r in res["rows"] if r["criterion"] == "large_final_same_sign" and r["init"] == "original"),
                key=lambda r: r["correct"])
-    t = F.pack(digits_run, tmp_path / "best.smask", codec="entropy")
+    t = pack(digits_run, tmp_path / "best.smask", codec="entropy")
     assert t.keep == best["keep"] and {e.codec for e in t.tensors if e.role == "masked"} == {"entropy"}
-    # a keep that was not evaluated is recomputed from the saved weights, without an accuracy
-    t = F.pack(digits_run, tmp_path / "k.smask", keep=0.3, criterion="movement")
-    assert t.metadata["accuracy"] is None and t.keep == 0.3
+    # another evaluated criterion and keep packs with that row's accuracy
+    row = pick_row(res, "movement", 0.05, "original")
+    t = pack(digits_run, tmp_path / "m.smask", keep=0.05, criterion="movement")
+    assert t.criterion == "movement" and t.keep == 0.05 and t.metadata["accuracy"] == row["accuracy"]
+    # a keep that was not evaluated is an error now that lists the keeps the run has (docs/training.md;
+    # a ticket needs the values the evaluation stored for its mask); it used to be recomputed from
+    # the saved weights, without an accuracy
+    with pytest.raises(RunError, match=r"no results for criterion 'movement' .*at keep 0\.3") as e:
+        pack(digits_run, tmp_path / "k.smask", keep=0.3, criterion="movement")
+    assert not (tmp_path / "k.smask").exists()
     r = run_cli("pack", tmp_path / "x.smask", "--run", tmp_path)
     assert r.exit_code == 1 and "is not a finished find run" in r.output
     r = run_cli("pack", tmp_path / "x.smask", "--run", digits_run, "--keep", 2)
     assert r.exit_code == 2
+    assert all(k in str(e.value) for k in ("0.5", "0.2", "0.05")), str(e.value)  # the keeps the run has
 
 
 @needs_fashion
 def test_short_fashion_mnist_run(tmp_path):
     """A few hundred steps on the real data: the supermask effect is already visible."""
-    cfg = F.FindConfig("lenet-300-100", "fashion-mnist", iterations=400, keeps=(0.5, 0.2),
+    cfg = C.FindConfig("lenet-300-100", "fashion-mnist", iterations=400, keeps=(0.5, 0.2),
                        criteria=("large_final_same_sign", "large_final", "random"))
-    res = F.find(cfg, tmp_path / "fm", data_dir=str(SHARED_DATA), device="cpu", progress=False)
+    res = TF.find(cfg, tmp_path / "fm", data_dir=str(SHARED_DATA), device="cpu", progress=False)
     by = {(r["criterion"], r["init"], r["keep"]): r["accuracy"] for r in res["rows"]}
     assert res["test_examples"] == 10000
     assert by["dense", "trained", 1.0] > 0.78
     for k in (0.5, 0.2):
         assert by["large_final_same_sign", "original", k] > by["random", "original", k] + 0.2
-    assert max(by["large_final_same_sign", v, k] for v in F.INIT_VARIANTS for k in (0.5, 0.2)) > 0.5
+    assert max(by["large_final_same_sign", v, k] for v in C.INIT_VARIANTS for k in (0.5, 0.2)) > 0.5
 
 
 @needs_fashion
 @pytest.mark.parametrize("model", ["conv2", "conv4", "conv6"])
 def test_conv_models_train_and_evaluate_end_to_end(tmp_path, model):
-    cfg = F.FindConfig(model, "fashion-mnist", iterations=15, train_limit=600, test_limit=120, keeps=(0.5, 0.1),
+    cfg = C.FindConfig(model, "fashion-mnist", iterations=15, train_limit=600, test_limit=120, keeps=(0.5, 0.1),
                        criteria=("large_final_same_sign", "random"))
-    res = F.find(cfg, tmp_path / model, data_dir=str(SHARED_DATA), device="cpu", progress=False)
+    res = TF.find(cfg, tmp_path / model, data_dir=str(SHARED_DATA), device="cpu", progress=False)
     rows = res["rows"]
     assert len(rows) == 1 + 2 * 2 * 2 and all(r["total"] == 120 for r in rows)
     r = next(r for r in rows if r["criterion"] == "random" and r["keep"] == 0.1)
@@ -436,8 +485,8 @@ def test_conv_models_train_and_evaluate_end_to_end(tmp_path, model):
     assert len(convs) == {"conv2": 2, "conv4": 4, "conv6": 6}[model]
     assert all(r["layer_densities"][n] == pytest.approx(0.1, abs=2e-3) for n in convs)
     assert r["layer_densities"]["fc3.weight"] == pytest.approx(0.55, abs=2e-3)
-    t = F.pack(tmp_path / model, tmp_path / f"{model}.smask", keep=0.1)
-    assert t.architecture.name == model and t.metadata["accuracy"] == next(
+    t = pack(tmp_path / model, tmp_path / f"{model}.smask", keep=0.1)
+    assert t.model_name == model and t.metadata["model"] == model and t.metadata["accuracy"] == next(
         x["accuracy"] for x in rows if x["criterion"] == "large_final_same_sign" and x["keep"] == 0.1
         and x["init"] == "original")
 
@@ -446,9 +495,9 @@ def test_conv_models_train_and_evaluate_end_to_end(tmp_path, model):
 @needs_fashion
 def test_fashion_mnist_reproduction_one_seed(tmp_path):
     """The docs/results.md thresholds for seed 0 with the default settings."""
-    cfg = F.FindConfig("lenet-300-100", "fashion-mnist", seed=0,
+    cfg = C.FindConfig("lenet-300-100", "fashion-mnist", seed=0,
                        criteria=("large_final_same_sign", "large_final", "random"))
-    res = F.find(cfg, tmp_path / "fm", data_dir=str(SHARED_DATA), device="cpu", progress=False)
+    res = TF.find(cfg, tmp_path / "fm", data_dir=str(SHARED_DATA), device="cpu", progress=False)
     by = {(r["criterion"], r["init"], r["keep"]): r["accuracy"] for r in res["rows"]}
     assert by["dense", "trained", 1.0] >= 0.88
     lfss = [by["large_final_same_sign", "original", k] for k in cfg.keeps]
@@ -462,21 +511,22 @@ def test_fashion_mnist_reproduction_one_seed(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
 def test_cuda_training_gives_a_ticket_that_regenerates_on_cpu(tmp_path):
-    cfg = F.FindConfig(**SMALL, criteria=("large_final_same_sign",))
-    res = F.find(cfg, tmp_path / "gpu", device="cuda", progress=False)
+    cfg = C.FindConfig(**SMALL, criteria=("large_final_same_sign",))
+    res = TF.find(cfg, tmp_path / "gpu", device="cuda", progress=False)
     assert json.loads((tmp_path / "gpu" / "train.json").read_text())["device"] == "cuda"
-    t = F.pack(tmp_path / "gpu", tmp_path / "g.smask", keep=0.2)
-    cfg2, arch, _ = F.load_run(tmp_path / "gpu")
-    w0 = F.initial_weights(arch, cfg.seed, cfg.init_spec)
-    masks = F.run_masks(tmp_path / "gpu", cfg2, arch, "large_final_same_sign", 0.2)
+    t = pack(tmp_path / "gpu", tmp_path / "g.smask", keep=0.2)
+    cfg2, info, _ = load_run(tmp_path / "gpu")
+    subject = _subject(cfg2, info)
+    w0 = subject.initial_weights(cfg.seed, cfg.init_spec)
+    masks = run_masks(tmp_path / "gpu", "large_final_same_sign", 0.2, info)
     w = t.weights(verify=True)  # regenerated on the CPU
     for name, m in masks.items():
         np.testing.assert_array_equal(w[name], np.where(m, w0[name], np.float32(0)))
     # and the weights the GPU trained from are those same bits
     from supermask.torch_rng import generate_torch
 
-    p = arch.param("fc1.weight")
-    g = generate_torch(cfg.seed, p.name, p.shape, "uniform", cfg.init_spec.scale(p.fan_in, p.fan_out), "cuda")
+    p = subject.plans["fc1.weight"]
+    g = generate_torch(cfg.seed, p.name, p.shape, "uniform", cfg.init_spec.scale(*p.fans), "cuda")
     np.testing.assert_array_equal(g.cpu().numpy(), w0["fc1.weight"])
     dense = next(r for r in res["rows"] if r["criterion"] == "dense")
     assert dense["accuracy"] > 0.8
@@ -486,18 +536,18 @@ def test_progress_bar_logs_every_tenth_without_a_terminal():
     import io
 
     stream = io.StringIO()
-    bar = F.Progress(100, "train", stream=stream)
+    bar = meter.Progress(100, "train", stream=stream)
     for i in range(1, 101):
         bar.update(i, loss=0.5)
     bar.close()
     lines = stream.getvalue().splitlines()
     assert len(lines) == 11 and lines[-1].startswith("train 100/100 (100 %) loss 0.5000")
     silent = io.StringIO()
-    F.Progress(10, "x", enabled=False, stream=silent).update(10)
+    meter.Progress(10, "x", enabled=False, stream=silent).update(10)
     assert silent.getvalue() == ""
     # a slow loop (a conv net on the CPU) shows its rate with decimals, not "1 it/s"
     slow = io.StringIO()
-    bar = F.Progress(10, "x", stream=slow)
+    bar = meter.Progress(10, "x", stream=slow)
     bar.start -= 8.0
     bar.update(10)
     assert re.search(r" 1\.2\d it/s$", slow.getvalue().rstrip()), slow.getvalue()

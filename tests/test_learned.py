@@ -1,6 +1,6 @@
 """Learned supermasks (`supermask find --method edge-popup|bernoulli`): the config, the mask
-rules, the straight-through training, resume, determinism, and tickets (with the version-2
-multiplier) that the runtime and ONNX reproduce exactly."""
+rules, the straight-through training, resume, determinism, and tickets (with their per-tensor
+multipliers) that the runtime and ONNX reproduce exactly."""
 
 from __future__ import annotations
 
@@ -14,12 +14,19 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from supermask import datasets, learn, ticket  # noqa: E402
-from supermask import find as F  # noqa: E402
+from supermask import datasets, models, ticket  # noqa: E402
 from supermask.cli import main  # noqa: E402
 from supermask.errors import RunError, TicketFormatError  # noqa: E402
-from supermask.models import torch_module as tm  # noqa: E402
+from supermask.train import config as C  # noqa: E402
+from supermask.train import learned as learn  # noqa: E402
+from supermask.train import loop, masks as M  # noqa: E402
+from supermask.train.data import to_tensors  # noqa: E402
+from supermask.train.find import find  # noqa: E402
+from supermask.train.pack import pack  # noqa: E402
+from supermask.train.runs import load_npz, load_run, pick_row, run_masks, tensor_shapes  # noqa: E402
+from supermask.train.subject import Subject  # noqa: E402
 
+from deploy_helpers import run_preprocess, torch_logits  # noqa: E402
 from helpers import FIXTURES, SHARED_DATA, cuda_available  # noqa: E402
 
 EDGE = dict(model="lenet-300-100", dataset="digits", method="edge-popup", epochs=6, keeps=(0.5, 0.1))
@@ -37,14 +44,14 @@ def cli(*args):
 @pytest.fixture(scope="module")
 def edge_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("edge")
-    F.find(F.FindConfig(**EDGE), out, progress=False)
+    find(C.FindConfig(**EDGE), out, progress=False)
     return out
 
 
 @pytest.fixture(scope="module")
 def bern_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bern")
-    F.find(F.FindConfig(**BERN), out, progress=False)
+    find(C.FindConfig(**BERN), out, progress=False)
     return out
 
 
@@ -52,25 +59,25 @@ def bern_run(tmp_path_factory) -> Path:
 
 
 def test_method_defaults_and_criteria_hashes_unchanged():
-    e = F.FindConfig("lenet-300-100", "fashion-mnist", method="edge-popup")
+    e = C.FindConfig("lenet-300-100", "fashion-mnist", method="edge-popup")
     assert (e.init, e.lr, e.momentum, e.weight_decay, e.batch_size) == ("signed_kaiming_constant", 0.1, 0.9, 1e-4, 128)
-    assert e.criteria == () and e.keeps == F.DEFAULT_KEEPS and e.rescale is None
+    assert e.criteria == () and e.keeps == C.DEFAULT_KEEPS and e.rescale is None
     # scaled init: gain^2 = 2 / keep, unless given
     assert e.gain_sq is None and e.init_for(0.25).gain_sq == 8.0
-    assert F.FindConfig("lenet-300-100", "digits", method="edge-popup", gain_sq=3.0).init_for(0.25).gain_sq == 3.0
-    b = F.FindConfig("lenet-300-100", "fashion-mnist", method="bernoulli")
+    assert C.FindConfig("lenet-300-100", "digits", method="edge-popup", gain_sq=3.0).init_for(0.25).gain_sq == 3.0
+    b = C.FindConfig("lenet-300-100", "fashion-mnist", method="bernoulli")
     assert b.rescale is True and b.keeps == () and b.momentum is None
     # The new fields stay out of the hashes of criteria runs: existing folders keep their names.
-    c = F.FindConfig("lenet-300-100", "fashion-mnist")
+    c = C.FindConfig("lenet-300-100", "fashion-mnist")
     assert (c.train_hash, c.run_hash) == ("f537f6a1e791597d", "a2a02059f0636ebd")
     assert len({c.train_hash, e.train_hash, b.train_hash}) == 3
-    assert F.FindConfig("lenet-300-100", "fashion-mnist", method="bernoulli", rescale=False).train_hash != b.train_hash
+    assert C.FindConfig("lenet-300-100", "fashion-mnist", method="bernoulli", rescale=False).train_hash != b.train_hash
 
 
 def test_a_keep_too_small_for_the_scaled_init_is_refused_up_front(tmp_path):
     with pytest.raises(ValueError, match="keep 1e-06 is too small for the scaled init"):
-        F.FindConfig("lenet-300-100", "digits", method="edge-popup", keeps=(0.5, 1e-6))
-    assert F.FindConfig("lenet-300-100", "digits", method="edge-popup", keeps=(1e-6,), gain_sq=2.0).keeps == (1e-6,)
+        C.FindConfig("lenet-300-100", "digits", method="edge-popup", keeps=(0.5, 1e-6))
+    assert C.FindConfig("lenet-300-100", "digits", method="edge-popup", keeps=(1e-6,), gain_sq=2.0).keeps == (1e-6,)
     r = cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--method", "edge-popup",
             "--keep", "0.5,0.000001", "--out", tmp_path / "r", "-q")
     assert r.exit_code == 2 and "too small for the scaled init" in r.output and not (tmp_path / "r").exists()
@@ -88,7 +95,7 @@ def test_a_keep_too_small_for_the_scaled_init_is_refused_up_front(tmp_path):
 ])
 def test_config_rejects_options_of_other_methods(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        F.FindConfig("lenet-300-100", "digits", **kwargs)
+        C.FindConfig("lenet-300-100", "digits", **kwargs)
 
 
 def test_cli_reports_misused_options_without_traceback(tmp_path):
@@ -138,17 +145,20 @@ def test_straight_through_gradients_reach_the_scores():
 
 
 def test_edge_popup_run_layout_rows_and_exact_layer_densities(edge_run):
-    for name in ("config.json", "architecture.json", "train.json", "masks.npz", "results.json",
+    for name in ("config.json", "model.json", "train.json", "masks.npz", "extras.npz", "results.json",
                  "scores/keep-0.5.npz", "scores/keep-0.5.json", "scores/keep-0.1.npz"):
         assert (edge_run / name).is_file(), name
     assert not list((edge_run / "scores").glob("*.ckpt"))  # checkpoints go once a stage is done
     rows = json.loads((edge_run / "results.json").read_text())["rows"]
     assert [(r["criterion"], r["keep"], r["init"]) for r in rows] == [("edge-popup", 0.5, "original"),
                                                                        ("edge-popup", 0.1, "original")]
-    arch = F.load_run(edge_run)[1]
+    shapes = tensor_shapes(load_run(edge_run)[1], "masked")
+    assert list(shapes) == ["fc1.weight", "fc2.weight", "fc3.weight"]
     for r in rows:
-        for p in arch.weight_params():
-            assert r["layer_densities"][p.name] == learn.kept_count(r["keep"], p.size) / p.size
+        assert set(r["layer_densities"]) == set(shapes)
+        for name, shape in shapes.items():
+            size = int(np.prod(shape))
+            assert r["layer_densities"][name] == learn.kept_count(r["keep"], size) / size
     # learning beats chance (10 classes) by far even in 6 short epochs on 1,433 images
     assert rows[0]["accuracy"] > 0.6
     train = json.loads((edge_run / "train.json").read_text())
@@ -156,19 +166,19 @@ def test_edge_popup_run_layout_rows_and_exact_layer_densities(edge_run):
 
 
 def test_learned_weights_stay_frozen_and_scores_start_from_the_generator(edge_run):
-    cfg, arch, _ = F.load_run(edge_run)
-    s0 = learn.initial_scores(arch, cfg.seed)
-    s1 = F.load_npz(edge_run / "scores" / "keep-0.5.npz")
-    assert set(s0) == set(s1) == {p.name for p in arch.weight_params()}
+    cfg, info, _ = load_run(edge_run)
+    shapes = tensor_shapes(info, "masked")
+    s0 = learn.initial_scores(shapes, cfg.seed)
+    s1 = load_npz(edge_run / "scores" / "keep-0.5.npz")  # fixed biases: no "trained/<name>" values
+    assert set(s0) == set(s1) == {"fc1.weight", "fc2.weight", "fc3.weight"}
     assert all(not np.array_equal(s0[n], s1[n]) for n in s0)  # scores trained
     assert np.abs(s0["fc1.weight"]).max() <= 1 / 8  # +-1/sqrt(fan_in) for 64 inputs
-    np.testing.assert_array_equal(s0["fc2.weight"], learn.initial_scores(arch, cfg.seed)["fc2.weight"])
+    np.testing.assert_array_equal(s0["fc2.weight"], learn.initial_scores(shapes, cfg.seed)["fc2.weight"])
 
 
-def _logits_torch(t: ticket.Ticket, x: np.ndarray) -> np.ndarray:
-    net = tm.build(t.architecture, t.weights()).eval()
-    with torch.inference_mode():
-        return net(tm.preprocess(x, t.architecture)).numpy()
+def _logits_torch(t: ticket.Ticket, x: np.ndarray, run: Path) -> np.ndarray:
+    """The torch model the ticket names, with the ticket's tensors, on the run's preprocessing."""
+    return torch_logits(t, x, run_preprocess(run))
 
 
 @pytest.mark.parametrize("which", ["edge", "bern"])
@@ -180,36 +190,41 @@ def test_learned_ticket_matches_the_run_in_torch_onnx_and_eval(tmp_path, request
     r = cli("pack", path, "--run", run)
     assert r.exit_code == 0, r.output
     t = ticket.read_ticket(path)
-    cfg, arch, res = F.load_run(run)
-    row = F.pick_row(res, cfg.method, None, "original")
+    cfg, info, res = load_run(run)
+    row = pick_row(res, cfg.method, None, "original")
     assert t.criterion == cfg.method and t.keep == row["keep"] and t.metadata["method"] == cfg.method
     assert t.metadata["accuracy"] == row["accuracy"]
     data = path.read_bytes()
     version = struct.unpack_from("<H", data, 8)[0]
+    # pack writes version 3 (the graph travels inside); it holds the multipliers version 2 introduced
+    assert version == 3 and t.version == 3
     if which == "bern":
-        # dynamic rescaling: n / kept per layer, in the ticket as a version-2 multiplier
-        assert version == 2
+        # dynamic rescaling: n / kept per layer, in the ticket as the tensor's multiplier
+        assert {e.name for e in t.tensors if e.role == "masked"} == set(row["multipliers"])
         for e in t.tensors:
             if e.role == "masked":
                 assert e.multiplier == float(np.float32(e.size / e.num_kept)) == row["multipliers"][e.name]
     else:
-        assert version == 1 and all(e.multiplier == 1.0 for e in t.tensors)
+        assert all(e.multiplier == 1.0 for e in t.tensors)
     ds = datasets.load("digits", "test")
     x = np.array(ds.images)
     # the torch figure, from the run's own evaluation path
-    masks = F.run_masks(run, cfg, arch, cfg.method, row["keep"])
-    w0 = F.initial_weights(arch, cfg.seed, cfg.init_for(row["keep"] if which == "edge" else None))
+    subject = Subject.from_module(models.create(cfg.model, info["input_shape"], len(info["classes"])))
+    masks = run_masks(run, cfg.method, row["keep"], info)
+    w0 = subject.initial_weights(cfg.seed, cfg.init_for(row["keep"] if which == "edge" else None))
     assert t.init == cfg.init_for(row["keep"] if which == "edge" else None)
-    factors = F.learned_multipliers(cfg, masks)
-    w = {n: learn.scaled_masked(v, masks[n], factors.get(n, 1.0)) if n in masks else np.zeros_like(v)
-         for n, v in w0.items()}
+    factors = M.learned_multipliers(cfg, masks)
+    assert bool(factors) == (which == "bern")
+    w = {n: learn.scaled_masked(v, masks[n], factors.get(n, 1.0)) for n, v in w0.items()}
+    w.update({n: np.zeros(subject.plans[n].shape, np.float32) for n in subject.names("bias")})  # fixed: zero
     tw = t.weights()
+    assert set(tw) == set(w)
     for n in w:
         np.testing.assert_array_equal(w[n].view(np.uint32), tw[n].view(np.uint32))
-    correct, _ = F.accuracy(arch, w, tm.preprocess(x, arch), ds.labels, "cpu")
+    correct, _ = loop.accuracy(subject, w, to_tensors(ds, run_preprocess(run), "cpu")[0], ds.labels, "cpu")
     assert correct == row["correct"]
     model = runtime.load(path, device="cpu")
-    np.testing.assert_allclose(model.logits(x), _logits_torch(t, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.logits(x), _logits_torch(t, x, run), rtol=1e-5, atol=1e-5)
     rep = model.evaluate(x, ds.labels)
     assert rep.correct == row["correct"]
     r = cli("eval", path, "--dataset", "digits", "--device", "cpu")
@@ -226,7 +241,7 @@ def test_bernoulli_density_is_learned_and_recorded(bern_run):
 
 
 def test_learned_runs_are_deterministic_on_the_cpu(tmp_path, bern_run):
-    F.find(F.FindConfig(**BERN), tmp_path / "again", progress=False)
+    find(C.FindConfig(**BERN), tmp_path / "again", progress=False)
     for name in ("results.json", "masks.npz", "scores/bernoulli.npz"):
         assert (tmp_path / "again" / name).read_bytes() == (bern_run / name).read_bytes(), name
 
@@ -234,7 +249,7 @@ def test_learned_runs_are_deterministic_on_the_cpu(tmp_path, bern_run):
 @pytest.mark.parametrize("which", ["edge", "bern"])
 def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_scores(tmp_path, request, which, monkeypatch):
     full = request.getfixturevalue(f"{which}_run")
-    cfg = F.FindConfig(**({**EDGE, "keeps": (0.5,)} if which == "edge" else BERN))
+    cfg = C.FindConfig(**({**EDGE, "keeps": (0.5,)} if which == "edge" else BERN))
     tag = "keep-0.5" if which == "edge" else "bernoulli"
     saves = []
     real = learn._save_checkpoint
@@ -248,14 +263,14 @@ def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_scores(tmp_pa
     monkeypatch.setattr(learn, "_save_checkpoint", killed_after_two_epochs)
     out = tmp_path / "r"
     with pytest.raises(KeyboardInterrupt):
-        F.find(cfg, out, progress=False)
+        find(cfg, out, progress=False)
     assert (out / "scores" / f"{tag}.ckpt").is_file() and not (out / "scores" / f"{tag}.npz").exists()
     monkeypatch.setattr(learn, "_save_checkpoint", real)
-    F.find(cfg, out, progress=False)
+    find(cfg, out, progress=False)
     summary = json.loads((out / "scores" / f"{tag}.json").read_text())
     unbroken = json.loads((full / "scores" / f"{tag}.json").read_text())
     assert summary["resumed_at"] == saves[1]
-    a, b = F.load_npz(out / "scores" / f"{tag}.npz"), F.load_npz(full / "scores" / f"{tag}.npz")
+    a, b = load_npz(out / "scores" / f"{tag}.npz"), load_npz(full / "scores" / f"{tag}.npz")
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert summary["history"] == unbroken["history"]  # the partial window travels in the checkpoint
     rows = json.loads((out / "results.json").read_text())["rows"]
@@ -270,7 +285,7 @@ def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_scores(tmp_pa
 ])
 def test_a_checkpoint_that_cannot_be_resumed_starts_the_stage_over(tmp_path, edge_run, monkeypatch, caplog,
                                                                    damage, message):
-    cfg = F.FindConfig(**{**EDGE, "keeps": (0.5,)})
+    cfg = C.FindConfig(**{**EDGE, "keeps": (0.5,)})
     real = learn._save_checkpoint
     damage = {k: torch.zeros(3, dtype=torch.uint8) if v == "state" else v for k, v in damage.items()}
 
@@ -281,12 +296,12 @@ def test_a_checkpoint_that_cannot_be_resumed_starts_the_stage_over(tmp_path, edg
     monkeypatch.setattr(learn, "_save_checkpoint", killed_with_a_damaged_checkpoint)
     out = tmp_path / "r"
     with pytest.raises(KeyboardInterrupt):
-        F.find(cfg, out, progress=False)
+        find(cfg, out, progress=False)
     monkeypatch.setattr(learn, "_save_checkpoint", real)
-    F.find(cfg, out, progress=False)
+    find(cfg, out, progress=False)
     assert message in caplog.text
     assert json.loads((out / "scores" / "keep-0.5.json").read_text())["resumed_at"] is None
-    a, b = F.load_npz(out / "scores" / "keep-0.5.npz"), F.load_npz(edge_run / "scores" / "keep-0.5.npz")
+    a, b = load_npz(out / "scores" / "keep-0.5.npz"), load_npz(edge_run / "scores" / "keep-0.5.npz")
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
@@ -298,32 +313,32 @@ def test_adding_a_keep_reuses_the_finished_ones(tmp_path, edge_run, monkeypatch)
     trained = []
     real = learn.train_scores
     monkeypatch.setattr(learn, "train_scores", lambda *a, **k: trained.append(k["keep"]) or real(*a, **k))
-    res = F.find(F.FindConfig(**{**EDGE, "keeps": (0.5, 0.1, 0.3)}), out, progress=False)
+    res = find(C.FindConfig(**{**EDGE, "keeps": (0.5, 0.1, 0.3)}), out, progress=False)
     assert trained == [0.3] and [r["keep"] for r in res["rows"]] == [0.5, 0.1, 0.3]
 
 
 def test_pack_errors_for_learned_runs_are_clear(tmp_path, edge_run):
     with pytest.raises(RunError, match="learned its masks with --method edge-popup"):
-        F.pack(edge_run, tmp_path / "a.smask", criterion="random")
+        pack(edge_run, tmp_path / "a.smask", criterion="random")
     with pytest.raises(RunError, match="applies to criteria runs only"):
-        F.pack(edge_run, tmp_path / "a.smask", init="signed-constant")
+        pack(edge_run, tmp_path / "a.smask", init="signed-constant")
     with pytest.raises(RunError, match="has keep 0.5, 0.1"):
-        F.pack(edge_run, tmp_path / "a.smask", keep=0.3)
+        pack(edge_run, tmp_path / "a.smask", keep=0.3)
     assert not (tmp_path / "a.smask").exists()
 
 
 def test_a_bernoulli_run_packs_its_one_mask_and_refuses_a_keep(tmp_path, bern_run):
     with pytest.raises(RunError, match="learned its density .* leave out --keep"):
-        F.pack(bern_run, tmp_path / "a.smask", keep=0.5)
+        pack(bern_run, tmp_path / "a.smask", keep=0.5)
     r = cli("pack", tmp_path / "b.smask", "--run", bern_run, "--keep", "0.5")
     assert r.exit_code != 0 and "leave out --keep" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "a.smask").exists() and not (tmp_path / "b.smask").exists()
     # the run's own density, as the report and benchmarks/check_tickets.py pass it, is its mask
     density = json.loads((bern_run / "results.json").read_text())["rows"][0]["keep"]
-    assert F.pack(bern_run, tmp_path / "c.smask", keep=density).keep == density
+    assert pack(bern_run, tmp_path / "c.smask", keep=density).keep == density
 
 
-# ------------------------------------------------------------------------------- ticket version 2
+# ------------------------------------------------------------------------------- ticket version 2 (still read)
 
 
 def _with_header(data: bytes, edit, version: int | None = None) -> bytes:
@@ -387,8 +402,8 @@ def test_encode_writes_the_lowest_version_that_holds_the_ticket():
 def test_report_puts_learned_and_heuristic_masks_on_one_plot(tmp_path, edge_run, bern_run):
     pytest.importorskip("matplotlib")
     crit_run = tmp_path / "crit"
-    F.find(F.FindConfig("lenet-300-100", "digits", iterations=30, criteria=("large_final_same_sign", "random"),
-                        keeps=(0.5, 0.1)), crit_run, progress=False)
+    find(C.FindConfig("lenet-300-100", "digits", iterations=30, criteria=("large_final_same_sign", "random"),
+                      keeps=(0.5, 0.1)), crit_run, progress=False)
     out = tmp_path / "report"
     r = cli("report", crit_run, edge_run, bern_run, "-o", out, "-q")
     assert r.exit_code == 0, r.output
@@ -410,10 +425,10 @@ def test_report_puts_learned_and_heuristic_masks_on_one_plot(tmp_path, edge_run,
 def test_cuda_learned_masks_pack_into_tickets_that_run_on_cpu(tmp_path):
     from supermask import runtime
 
-    cfg = F.FindConfig(**BERN)
-    res = F.find(cfg, tmp_path / "r", device="cuda", progress=False)
+    cfg = C.FindConfig(**BERN)
+    res = find(cfg, tmp_path / "r", device="cuda", progress=False)
     assert json.loads((tmp_path / "r" / "train.json").read_text())["stages"]["bernoulli"]["device"] == "cuda"
-    t = F.pack(tmp_path / "r", tmp_path / "m.smask")
+    t = pack(tmp_path / "r", tmp_path / "m.smask")
     ds = datasets.load("digits", "test")
     rep = runtime.load(tmp_path / "m.smask", device="cpu").evaluate(np.array(ds.images), ds.labels)
     assert rep.correct == res["rows"][0]["correct"] and t.criterion == "bernoulli"
@@ -423,30 +438,30 @@ def test_cuda_learned_masks_pack_into_tickets_that_run_on_cpu(tmp_path):
 def test_edge_popup_on_fashion_mnist_beats_the_heuristic_masks(tmp_path):  # real data in CI: about 20 s
     # Two epochs at keep 0.1 (a ticket of about 17 KB): the default (scaled) init learns a mask
     # far better than the best heuristic one, about 70 % (docs/results.md).
-    cfg = F.FindConfig("lenet-300-100", "fashion-mnist", method="edge-popup", keeps=(0.1,), epochs=2)
-    res = F.find(cfg, tmp_path / "r", data_dir=str(SHARED_DATA), progress=False)
+    cfg = C.FindConfig("lenet-300-100", "fashion-mnist", method="edge-popup", keeps=(0.1,), epochs=2)
+    res = find(cfg, tmp_path / "r", data_dir=str(SHARED_DATA), progress=False)
     assert res["rows"][0]["accuracy"] > 0.82 and res["rows"][0]["total"] == 10000
 
 
 def test_conv_edge_popup_ticket_reproduces_in_onnx(tmp_path):
     from supermask import runtime
 
-    cfg = F.FindConfig("conv2", "digits", method="edge-popup", keeps=(0.3,), epochs=2)
-    res = F.find(cfg, tmp_path / "r", progress=False)
-    t = F.pack(tmp_path / "r", tmp_path / "c.smask")
+    cfg = C.FindConfig("conv2", "digits", method="edge-popup", keeps=(0.3,), epochs=2)
+    res = find(cfg, tmp_path / "r", progress=False)
+    t = pack(tmp_path / "r", tmp_path / "c.smask")
     ds = datasets.load("digits", "test")
     x = np.array(ds.images)
     model = runtime.load(tmp_path / "c.smask", device="cpu")
-    np.testing.assert_allclose(model.logits(x), _logits_torch(t, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.logits(x), _logits_torch(t, x, tmp_path / "r"), rtol=1e-5, atol=1e-5)
     assert model.evaluate(x, ds.labels).correct == res["rows"][0]["correct"]
 
 
 def test_a_damaged_checkpoint_is_ignored_with_a_warning(tmp_path, edge_run, caplog):
-    cfg = F.FindConfig(**{**EDGE, "keeps": (0.5,)})
+    cfg = C.FindConfig(**{**EDGE, "keeps": (0.5,)})
     out = tmp_path / "r"
     (out / "scores").mkdir(parents=True)
     (out / "scores" / "keep-0.5.ckpt").write_bytes(b"not a checkpoint")
-    F.find(cfg, out, progress=False)
+    find(cfg, out, progress=False)
     assert "ignoring unreadable checkpoint" in caplog.text
-    a, b = F.load_npz(out / "scores" / "keep-0.5.npz"), F.load_npz(edge_run / "scores" / "keep-0.5.npz")
+    a, b = load_npz(out / "scores" / "keep-0.5.npz"), load_npz(edge_run / "scores" / "keep-0.5.npz")
     assert all(np.array_equal(a[k], b[k]) for k in a)

@@ -17,7 +17,8 @@ Two methods, both selectable with ``supermask find --method`` (see ``docs/learne
     is kept when ``sigmoid(score) > 0.5`` (``score > 0``), the most likely mask.
 
 Weights never change: they are the generator's initial weights, so the result packs into an
-ordinary ticket. The per-layer rescaling factor of a Bernoulli mask is stored in the ticket
+ordinary ticket. With ``affine="trained"`` ("+BN") the biases and normalization scales and
+shifts are trained beside the scores and stored in the ticket. The per-layer rescaling factor of a Bernoulli mask is stored in the ticket
 as the tensor's ``multiplier`` (format version 2, ``docs/format.md``).
 
 Everything random is explicit: scores start from the project's generator (keyed by the seed
@@ -33,68 +34,29 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from . import rng
-from .arch import Architecture
-from .atomic import atomic_open
+from .. import rng
+from ..atomic import atomic_open
+from .config import DENSITY_LEARNED, LEARNED_METHODS, METHODS  # noqa: F401  (re-exported)
+from .loop import seed_of
+from .masks import fans, final_mask, kept_count, multiplier, scaled_masked  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from .subject import Subject
 
 log = logging.getLogger(__name__)
 
-METHODS = ("criteria", "edge-popup", "bernoulli")
-LEARNED_METHODS = ("edge-popup", "bernoulli")
-#: Learned methods that learn their density too: one mask per run, no ``--keep``.
-DENSITY_LEARNED = ("bernoulli",)
 
-
-def kept_count(keep: float, n: int) -> int:
-    """How many of ``n`` weights a layer keeps at fraction ``keep``: ``round(keep * n)``, at least 1."""
-    return max(1, min(n, int(math.floor(keep * n + 0.5))))
-
-
-def initial_scores(arch: Architecture, seed: int) -> dict[str, np.ndarray]:
-    """Starting scores, uniform in +-1/sqrt(fan_in) (the default init of a torch layer), drawn
-    from the project's generator under the name ``scores/<tensor>``."""
+def initial_scores(shapes: Mapping[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
+    """Starting scores of the masked tensors (name -> shape), uniform in +-1/sqrt(fan_in) (the
+    default init of a torch layer), from the project's generator under the name ``scores/<tensor>``."""
     out = {}
-    for p in arch.weight_params():
-        bound = float(np.float32(1.0 / math.sqrt(p.fan_in)))
-        out[p.name] = rng.generate(seed, f"scores/{p.name}", p.shape, "uniform", bound)
-    return out
-
-
-def final_mask(method: str, scores: np.ndarray, keep: float | None) -> np.ndarray:
-    """The deterministic mask of trained ``scores``.
-
-    edge-popup: the ``kept_count(keep, n)`` largest ``|score|``; among equal magnitudes the
-    lower flat (C-order) index wins. bernoulli: ``score > 0``.
-    """
-    if method == "edge-popup":
-        flat = np.abs(scores.reshape(-1).astype(np.float64))
-        k = kept_count(keep, flat.size)
-        order = np.argsort(-flat, kind="stable")
-        m = np.zeros(flat.size, dtype=bool)
-        m[order[:k]] = True
-        return m.reshape(scores.shape)
-    if method == "bernoulli":
-        return scores > 0
-    raise ValueError(f"unknown learned method {method!r}; choose one of {', '.join(LEARNED_METHODS)}")
-
-
-def multiplier(mask: np.ndarray) -> float:
-    """The dynamic rescaling factor of a mask, ``n / kept`` rounded once to float32 (1 when empty)."""
-    kept = int(np.count_nonzero(mask))
-    return float(np.float32(mask.size / kept)) if kept else 1.0
-
-
-def scaled_masked(w: np.ndarray, mask: np.ndarray, factor: float = 1.0) -> np.ndarray:
-    """``(w * mask) * factor`` in float32 with pruned weights exactly +0.0: the arithmetic of
-    :meth:`supermask.ticket.Ticket.weights`, so a run and its ticket agree bit for bit."""
-    out = np.multiply(w, mask, dtype=np.float32)
-    if factor != 1.0:
-        out *= np.float32(factor)
-    out += np.float32(0.0)  # -0.0 -> +0.0
+    for name, shape in shapes.items():
+        bound = float(np.float32(1.0 / math.sqrt(fans(shape)[0])))
+        out[name] = rng.generate(seed, f"scores/{name}", shape, "uniform", bound)
     return out
 
 
@@ -131,33 +93,38 @@ def _functions():
 
 
 class _Masker:
-    """The masked forward pass: frozen weights, trainable scores, a torch Net called functionally."""
+    """The masked forward pass: frozen weights, trainable scores (and, with ``affine="trained"``,
+    trainable biases and norm parameters), the user's module called functionally."""
 
-    def __init__(self, method: str, arch: Architecture, weights: Mapping[str, np.ndarray],
+    def __init__(self, method: str, subject: Subject, state: Mapping[str, np.ndarray],
                  scores: Mapping[str, np.ndarray], keep: float | None, rescale: bool, device: str, generator):
         import torch
 
-        from .models import torch_module as tm
-
         self.method, self.keep, self.rescale, self.generator = method, keep, rescale, generator
-        self.net = tm.build(arch).to(device)
-        for p in self.net.parameters():
-            p.requires_grad_(False)
-        self.names = [p.name for p in arch.weight_params()]
-        self.weights = {n: torch.from_numpy(np.array(weights[n], dtype=np.float32)).to(device) for n in self.names}
-        self.biases = {n: torch.zeros_like(p) for n, p in self.net.named_parameters() if n not in self.weights}
-        self.scores = {n: torch.from_numpy(np.array(scores[n], dtype=np.float32)).to(device).requires_grad_(True)
-                       for n in self.names}
+        self.net = subject.module.to(device)
+        self.names = subject.masked
+        self.extras = subject.trained_extras
+
+        def tensor(v, grad=False):
+            return torch.from_numpy(np.array(v, dtype=np.float32)).to(device).requires_grad_(grad)
+
+        self.fixed = {n: tensor(v) for n, v in state.items() if n not in self.names and n not in self.extras}
+        self.weights = {n: tensor(state[n]) for n in self.names}
+        self.trained = {n: tensor(state[n], True) for n in self.extras}
+        self.scores = {n: tensor(scores[n], True) for n in self.names}
         self.k = {n: kept_count(keep, self.weights[n].numel()) for n in self.names} if method == "edge-popup" else {}
         self._topk, self._sample = _functions()
 
     def params(self) -> list:
         return [self.scores[n] for n in self.names]
 
-    def forward(self, x):
-        from torch.func import functional_call
+    def extra_params(self) -> list:
+        return [self.trained[n] for n in self.extras]
 
-        eff = dict(self.biases)
+    def forward(self, x):
+        from .subject import forward
+
+        eff = {**self.fixed, **self.trained}
         for n in self.names:
             s, w = self.scores[n], self.weights[n]
             if self.method == "edge-popup":
@@ -168,11 +135,7 @@ class _Masker:
             if self.rescale:
                 we = we * (m.numel() / m.sum().clamp_min(1.0)).detach()
             eff[n] = we
-        return functional_call(self.net, eff, (x,))
-
-
-def _seed_of(seed: int, name: str) -> int:
-    return int(rng.raw_words(seed, name, 1)[0] >> np.uint64(1))
+        return forward(self.net, eff, x)
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -194,21 +157,23 @@ def _load_checkpoint(path: Path) -> dict | None:
         return None
 
 
-def train_scores(method: str, arch: Architecture, weights: Mapping[str, np.ndarray], x, y, *, seed: int,
+def train_scores(method: str, subject: Subject, state: Mapping[str, np.ndarray], x, y, *, seed: int,
                  keep: float | None, lr: float, momentum: float, weight_decay: float, batch_size: int,
                  iterations: int | None, epochs: int | None, rescale: bool, device: str,
                  checkpoint: Path | None = None, progress: bool = True, label: str = "learn",
-                 fingerprint: str = "") -> tuple[dict[str, np.ndarray], dict]:
-    """Learn scores over the frozen ``weights`` on preprocessed ``x``/``y`` (device tensors).
+                 fingerprint: str = "") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
+    """Learn scores over the frozen weights of ``state`` (every tensor of the network) on
+    preprocessed ``x``/``y`` (device tensors).
 
-    Returns (final scores as float32 numpy arrays, summary). With ``checkpoint`` a state file
+    Returns (final scores, trained biases and norm parameters (empty unless the subject's
+    ``affine`` is ``trained``), summary); arrays are float32 numpy. With ``checkpoint`` a state file
     is written there after every epoch (and read back on start when its ``fingerprint``
     matches), so a killed run resumes where it stopped.
     """
     import torch
     from torch.nn import functional as F
 
-    from .find import TrainMeter
+    from .meter import TrainMeter
 
     n = x.shape[0]
     bs = min(batch_size, n)
@@ -217,13 +182,18 @@ def train_scores(method: str, arch: Architecture, weights: Mapping[str, np.ndarr
     device_type = torch.device(device).type
 
     def fresh():
-        sample_gen.manual_seed(_seed_of(seed, "bernoulli-samples"))
-        shuffle_gen.manual_seed(_seed_of(seed, "shuffle"))
-        m = _Masker(method, arch, weights, initial_scores(arch, seed), keep, rescale, device, sample_gen)
+        sample_gen.manual_seed(seed_of(seed, "bernoulli-samples"))
+        shuffle_gen.manual_seed(seed_of(seed, "shuffle"))
+        shapes = {n: subject.plans[n].shape for n in subject.masked}
+        m = _Masker(method, subject, state, initial_scores(shapes, seed), keep, rescale, device, sample_gen)
+        # Biases and norm parameters ("+BN") get no weight decay, as is usual for them.
+        groups = [{"params": m.params(), "weight_decay": weight_decay}]
+        if m.extras:
+            groups.append({"params": m.extra_params(), "weight_decay": 0.0})
         if method == "edge-popup":
-            o = torch.optim.SGD(m.params(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+            o = torch.optim.SGD(groups, lr=lr, momentum=momentum)
         else:
-            o = torch.optim.Adam(m.params(), lr=lr, weight_decay=weight_decay)
+            o = torch.optim.Adam(groups, lr=lr)
         return m, o
 
     sample_gen = torch.Generator(device=device)
@@ -231,31 +201,33 @@ def train_scores(method: str, arch: Architecture, weights: Mapping[str, np.ndarr
     masker, opt = fresh()
     params = masker.params()
     start, history, seconds, meter_state = 0, [], 0.0, None
-    state = _load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.exists() else None
-    if state is not None and (state.get("fingerprint") != fingerprint or state.get("total") != total):
+    ckpt = _load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.exists() else None
+    if ckpt is not None and (ckpt.get("fingerprint") != fingerprint or ckpt.get("total") != total):
         log.warning("checkpoint %s belongs to another config; training this stage from the start", checkpoint)
-        state = None
-    if state is not None and state.get("device") != device_type:
+        ckpt = None
+    if ckpt is not None and ckpt.get("device") != device_type:
         # generator states and the arithmetic differ between devices: no resuming across them
         log.warning("checkpoint %s was written on %s, this run is on %s; training this stage from the start",
-                    checkpoint, state.get("device"), device_type)
-        state = None
-    if state is not None:
+                    checkpoint, ckpt.get("device"), device_type)
+        ckpt = None
+    if ckpt is not None:
         try:
             with torch.no_grad():
                 for name, s in zip(masker.names, params):
-                    s.copy_(state["scores"][name])
-            opt.load_state_dict(state["optimizer"])
-            shuffle_gen.set_state(state["shuffle"])
-            sample_gen.set_state(state["samples"])
-            start, seconds = int(state["iteration"]), float(state["seconds"])
-            loss_sum, correct, steps, seen = state["meter"]
+                    s.copy_(ckpt["scores"][name])
+                for name, t in masker.trained.items():
+                    t.copy_(ckpt["extras"][name])
+            opt.load_state_dict(ckpt["optimizer"])
+            shuffle_gen.set_state(ckpt["shuffle"])
+            sample_gen.set_state(ckpt["samples"])
+            start, seconds = int(ckpt["iteration"]), float(ckpt["seconds"])
+            loss_sum, correct, steps, seen = ckpt["meter"]
             meter_state = [torch.as_tensor(loss_sum, dtype=torch.float32).reshape(()),
                            torch.as_tensor(correct, dtype=torch.int64).reshape(()), int(steps), int(seen)]
             # Histories are stored flat (torch.load's weights-only mode takes no nested floats
             # lists), as [iteration, loss, accuracy] triples.
             history = [{"iteration": int(h[0]), "loss": float(h[1]), "train_accuracy": float(h[2])}
-                       for h in state["history"]]
+                       for h in ckpt["history"]]
         except Exception as e:  # a checkpoint that loads but does not fit costs only the work since the start
             log.warning("ignoring checkpoint %s that does not fit this run (%s); training this stage from the "
                         "start", checkpoint, e)
@@ -272,6 +244,7 @@ def train_scores(method: str, arch: Architecture, weights: Mapping[str, np.ndarr
     if meter_state is not None:
         meter.load_state(meter_state)  # the partial window, so a resumed history matches an unbroken one
     t0 = time.perf_counter()
+    masker.net.train()  # BatchNorm uses batch statistics while the masks are learned
     perm = None
     for it in range(start, total):
         b = it % per_epoch
@@ -294,6 +267,7 @@ def train_scores(method: str, arch: Architecture, weights: Mapping[str, np.ndarr
                 "fingerprint": fingerprint, "total": total, "iteration": it + 1, "device": device_type,
                 "meter": meter.state(),
                 "scores": {nm: s.detach() for nm, s in zip(masker.names, params)},
+                "extras": {nm: t.detach() for nm, t in masker.trained.items()},
                 "optimizer": opt.state_dict(), "shuffle": shuffle_gen.get_state(),
                 "samples": sample_gen.get_state().cpu(),
                 "history": [[h["iteration"], h["loss"], h["train_accuracy"]] for h in history],
@@ -302,6 +276,7 @@ def train_scores(method: str, arch: Architecture, weights: Mapping[str, np.ndarr
     meter.close()
     seconds += time.perf_counter() - t0
     scores = {nm: s.detach().cpu().numpy().astype(np.float32) for nm, s in zip(masker.names, params)}
+    extras = {nm: t.detach().cpu().numpy().astype(np.float32) for nm, t in masker.trained.items()}
     summary = {
         "method": method,
         "keep": keep,
@@ -314,4 +289,4 @@ def train_scores(method: str, arch: Architecture, weights: Mapping[str, np.ndarr
         "iterations_per_second": (total - start) / max(time.perf_counter() - t0, 1e-9),
         "history": history,
     }
-    return scores, summary
+    return scores, extras, summary

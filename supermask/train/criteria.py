@@ -38,7 +38,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from . import rng
+from .. import rng
 
 SELECTIONS = ("layerwise", "global")
 DEFAULT_CRITERION = "large_final_same_sign"

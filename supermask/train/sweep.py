@@ -19,9 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from .atomic import atomic_write
-from .errors import SweepError
-from .lock import claim_folder
+from ..atomic import atomic_write
+from ..errors import SweepError
+from ..lock import claim_folder
 
 __all__ = ["SWEEP_FILE", "SweepError", "run_dirs", "run_name", "sweep"]
 
@@ -30,7 +30,12 @@ SWEEP_FILE = "sweep.json"
 
 
 def run_name(model: str, dataset: str, seed: int) -> str:
-    return f"{model}-{dataset}-s{seed}"
+    from .. import datasets as ds
+    from .config import _slug, is_builtin_model
+
+    m = model if is_builtin_model(model) else _slug(model)
+    d = dataset if dataset in ds.DATASETS else _slug(dataset)
+    return f"{m}-{d}-s{seed}"
 
 
 def sweep(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], out: str | os.PathLike,
@@ -38,7 +43,7 @@ def sweep(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], 
           progress: bool = True, threads: int | None = None, **find_options) -> dict:
     """Run ``find`` for every (model, dataset, seed); return the sweep manifest.
 
-    ``find_options`` are further :class:`~supermask.find.FindConfig` fields (epochs,
+    ``find_options`` are further :class:`~supermask.train.config.FindConfig` fields (epochs,
     iterations, criteria, keeps, init, ...), the same for every run.
     """
     if not models or not datasets or not seeds:
@@ -52,7 +57,9 @@ def sweep(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], 
 
 def _sweep_locked(models, datasets, seeds, out: Path, data_dir, download, device, progress, threads,
                   find_options) -> dict:
-    from .find import FindConfig, find, is_complete
+    from .config import FindConfig
+    from .find import find
+    from .runs import is_complete
 
     try:
         base = FindConfig(model=models[0], dataset=datasets[0], seed=seeds[0], **find_options)

@@ -1,0 +1,337 @@
+"""The configuration of a find run (torch-free): :class:`FindConfig` is the single source of
+defaults, validation, help text constants and run identity (the hashes that name a run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Mapping, Sequence
+
+from .. import datasets, rng
+from ..errors import SupermaskError
+from . import criteria as crit
+
+#: Adam learning rates of Frankle & Carbin 2019 / Zhou et al. 2019 for the built-in models;
+#: any other model trains densely with :data:`DEFAULT_DENSE_LR`.
+DEFAULT_LR = {"lenet-300-100": 1.2e-3, "conv2": 2e-4, "conv4": 3e-4, "conv6": 3e-4}
+DEFAULT_DENSE_LR = 1e-3
+DEFAULT_KEEPS = (0.5, 0.3, 0.2, 0.1, 0.05)
+DEFAULT_EPOCHS = 20
+#: Training examples used to compute BatchNorm statistics for each final mask.
+DEFAULT_BN_EXAMPLES = 5000
+METHODS = ("criteria", "edge-popup", "bernoulli")
+LEARNED_METHODS = ("edge-popup", "bernoulli")
+#: Learned methods that learn their density too: one mask per run, no ``keep``.
+DENSITY_LEARNED = ("bernoulli",)
+#: What happens to biases and normalization affine parameters (docs/models.md):
+#: ``fixed`` (zero biases, unit scales) or ``trained`` and stored in the ticket ("+BN").
+AFFINE = ("fixed", "trained")
+#: Defaults of the methods (see docs/learned.md for where they come from).
+METHOD_DEFAULTS = {
+    "criteria": {"init": "kaiming_uniform", "batch_size": 60},
+    "edge-popup": {"init": "signed_kaiming_constant", "batch_size": 128, "lr": 0.1, "momentum": 0.9,
+                   "weight_decay": 1e-4},
+    "bernoulli": {"init": "signed_kaiming_constant", "batch_size": 128, "lr": 0.1, "weight_decay": 0.0,
+                  "rescale": True},
+}
+#: Fields that only some methods use (None elsewhere).
+_METHOD_FIELDS = {"momentum": ("edge-popup",), "weight_decay": ("edge-popup", "bernoulli"),
+                  "rescale": ("bernoulli",)}
+INIT_VARIANTS = ("original", "signed-constant")
+DEVICES = ("auto", "cpu", "cuda")
+#: The label prefix of a model or data set given to the library as an object: such a run
+#: cannot rebuild its model from the config (``pack`` then needs the model passed in).
+OBJECT_PREFIX = "object:"
+# Fields that change what training produces; the rest only change the evaluation. ``epochs``
+# is None whenever ``iterations`` is set, so it never splits identical training runs.
+_TRAIN_FIELDS = ("model", "dataset", "seed", "init", "gain_sq", "lr", "batch_size", "epochs", "iterations",
+                 "train_limit", "method", "momentum", "weight_decay", "rescale", "affine", "include", "exclude",
+                 "scale", "mean", "std", "model_digest", "data_digest")
+# Fields added after the first runs were made: left out of the hashes while they hold the value
+# that means "not used", so the folders of earlier runs keep their identity.
+_ABSENT = {"method": "criteria", "momentum": None, "weight_decay": None, "rescale": None, "affine": "fixed",
+           "include": None, "exclude": [], "scale": None, "mean": None, "std": None, "model_digest": None,
+           "data_digest": None, "bn_examples": None}
+
+
+def _floats(v: Sequence[float], what: str) -> tuple[float, ...]:
+    out = tuple(float(x) for x in v)
+    if not out:
+        raise ValueError(f"{what} must not be empty")
+    for x in out:
+        if not 0 < x <= 1:
+            raise ValueError(f"every {what} value must be a fraction in (0, 1], got {x:g}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{what} has duplicate values")
+    return out
+
+
+def is_builtin_model(model: str) -> bool:
+    from .. import models
+
+    return model in models.REGISTRY
+
+
+def _check_model(model: object) -> None:
+    from .. import models
+
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"model must be a name or a 'module:factory' spec, got {model!r}")
+    if model in models.REGISTRY or model.startswith(OBJECT_PREFIX):
+        return
+    if ":" not in model:
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(models.REGISTRY)}, or give your own "
+                         f"as 'package.module:factory' or 'path/to/file.py:factory'")
+
+
+def _check_dataset(dataset: object) -> None:
+    if not isinstance(dataset, str) or not dataset:
+        raise ValueError(f"dataset must be a name or a path, got {dataset!r}")
+    if dataset in datasets.DATASETS or dataset.startswith(OBJECT_PREFIX) or datasets.is_path_dataset(dataset):
+        return
+    raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(datasets.DATASETS)}, "
+                     f"or give a .npz file or an image folder")
+
+
+def _patterns(v: object, what: str) -> tuple[str, ...] | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = (v,)
+    out = tuple(v)
+    if any(not isinstance(p, str) or not p for p in out):
+        raise ValueError(f"{what} patterns must be non-empty strings, got {v!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class FindConfig:
+    """Everything that defines a find run. ``None`` means the default of the method or model."""
+
+    model: str
+    dataset: str
+    seed: int = 0
+    init: str | None = None  # None: the method's default
+    gain_sq: float | None = None  # None: 2, or 2 / keep for edge-popup (scaled init)
+    lr: float | None = None
+    batch_size: int | None = None
+    epochs: int | None = DEFAULT_EPOCHS  # None: the default; always None when iterations is set
+    iterations: int | None = None  # overrides epochs when set
+    criteria: tuple[str, ...] | None = None  # criteria method only; None: all of them
+    keeps: tuple[float, ...] | None = None  # None: DEFAULT_KEEPS; the bernoulli method has none
+    selection: str = "layerwise"
+    train_limit: int | None = None  # use only the first N training examples (smoke tests)
+    test_limit: int | None = None  # evaluate on only the first N test examples
+    method: str = "criteria"
+    momentum: float | None = None  # edge-popup: SGD momentum
+    weight_decay: float | None = None  # learned methods: weight decay on the scores
+    rescale: bool | None = None  # bernoulli: dynamic weight rescaling
+    affine: str = "fixed"  # biases and norm scales: fixed (0 / 1) or trained and stored ("+BN")
+    include: tuple[str, ...] | None = None  # module-name patterns of the layers to mask (None: all)
+    exclude: tuple[str, ...] = ()  # module-name patterns of layers never masked
+    scale: float | None = None  # preprocessing overrides; None: the data set's own
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    bn_examples: int | None = None  # None: DEFAULT_BN_EXAMPLES
+    model_digest: str | None = None  # structure of a model that is not built in (set by find)
+    data_digest: str | None = None  # content of data that is not built in (set by find)
+
+    def __post_init__(self) -> None:
+        _check_model(self.model)
+        _check_dataset(self.dataset)
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.affine not in AFFINE:
+            raise ValueError(f"unknown affine mode {self.affine!r}; choose one of {', '.join(AFFINE)}")
+        object.__setattr__(self, "include", _patterns(self.include, "include"))
+        object.__setattr__(self, "exclude", _patterns(self.exclude, "exclude") or ())
+        defaults = METHOD_DEFAULTS[self.method]
+        for name, users in _METHOD_FIELDS.items():
+            v = getattr(self, name)
+            if self.method not in users:
+                if v is not None:
+                    raise ValueError(f"{name} applies to --method {' or '.join(users)} only, not {self.method}")
+                continue
+            v = defaults[name] if v is None else v
+            if name == "rescale":
+                if not isinstance(v, bool):
+                    raise ValueError(f"rescale must be true or false, got {v!r}")
+            elif isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise ValueError(f"{name} must be a number in [0, 1), got {v!r}")
+            else:
+                v = float(v)
+            object.__setattr__(self, name, v)
+        object.__setattr__(self, "init", defaults["init"] if self.init is None else self.init)
+        object.__setattr__(self, "batch_size", defaults["batch_size"] if self.batch_size is None else self.batch_size)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+        if self.gain_sq is None and self.method != "edge-popup":
+            object.__setattr__(self, "gain_sq", 2.0)
+        try:
+            spec = rng.InitSpec(self.init, 2.0 if self.gain_sq is None else self.gain_sq)
+        except SupermaskError as e:
+            raise ValueError(str(e)) from None
+        if not spec.exact:
+            raise ValueError(f"init {self.init!r} is not bit-exact across machines; use a uniform or "
+                             f"signed-constant scheme ({', '.join(s for s in rng.SCHEMES if 'normal' not in s)})")
+        if self.gain_sq is not None:
+            object.__setattr__(self, "gain_sq", spec.gain_sq)
+        if self.method == "criteria":
+            default_lr = DEFAULT_LR.get(self.model, DEFAULT_DENSE_LR)
+        else:
+            default_lr = defaults["lr"]
+        lr = default_lr if self.lr is None else float(self.lr)
+        if not 0 < lr < 1:
+            raise ValueError(f"learning rate must be in (0, 1), got {lr:g}")
+        object.__setattr__(self, "lr", lr)
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        for name in ("epochs", "iterations", "train_limit", "test_limit", "bn_examples"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self._check_preprocess()
+        # One canonical form per training run: --iterations overrides --epochs, so epochs
+        # is dropped then (and defaults to DEFAULT_EPOCHS otherwise).
+        object.__setattr__(self, "epochs", None if self.iterations is not None else self.epochs or DEFAULT_EPOCHS)
+        if self.selection not in crit.SELECTIONS:
+            raise ValueError(f"unknown selection {self.selection!r}; choose one of {', '.join(crit.SELECTIONS)}")
+        if self.method == "criteria":
+            names = tuple(crit.CRITERIA) if self.criteria is None else tuple(self.criteria)
+            if not names:
+                raise ValueError("give at least one criterion")
+            for c in names:
+                crit.get(c)
+            if len(set(names)) != len(names):
+                raise ValueError("criteria has duplicate names")
+            object.__setattr__(self, "criteria", names)
+        else:
+            if self.criteria:
+                raise ValueError(f"criteria apply to --method criteria only; --method {self.method} learns its masks")
+            if self.selection != "layerwise":
+                raise ValueError(f"--method {self.method} selects per layer; --selection {self.selection} "
+                                 f"applies to --method criteria only")
+            object.__setattr__(self, "criteria", ())
+        if self.method in DENSITY_LEARNED:
+            if self.keeps:
+                raise ValueError("--method bernoulli learns how much to keep; --keep does not apply to it")
+            object.__setattr__(self, "keeps", ())
+        else:
+            object.__setattr__(self, "keeps", _floats(DEFAULT_KEEPS if self.keeps is None else self.keeps, "keep"))
+            if self.method == "edge-popup" and self.gain_sq is None:
+                for k in self.keeps:  # the scaled init, gain^2 = 2 / keep, has to be a valid init
+                    try:
+                        self.init_for(k)
+                    except SupermaskError:
+                        raise ValueError(f"keep {k:g} is too small for the scaled init (gain^2 = 2 / keep = "
+                                         f"{2 / k:g}); give a larger keep, or fix the init with --gain-sq") from None
+
+    def _check_preprocess(self) -> None:
+        if self.scale is not None:
+            if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not self.scale > 0:
+                raise ValueError(f"scale must be a positive number, got {self.scale!r}")
+            object.__setattr__(self, "scale", float(self.scale))
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            try:
+                v = tuple(float(x) for x in v)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be a list of numbers, one per input channel, got {v!r}") from None
+            if not v or (name == "std" and any(x <= 0 for x in v)):
+                raise ValueError(f"{name} must list one {'positive ' if name == 'std' else ''}number per channel")
+            object.__setattr__(self, name, v)
+
+    @property
+    def init_spec(self) -> rng.InitSpec:
+        """The init of the run (of keep 1, for an edge-popup run with the scaled default)."""
+        return self.init_for(None)
+
+    def init_for(self, keep: float | None) -> rng.InitSpec:
+        """The init the masks of ``keep`` go with. By default edge-popup scales the variance
+        by 1/keep (gain² = 2 / keep; Ramanujan et al. 2020), so the masked layers start with
+        the variance of a dense Kaiming layer."""
+        if self.gain_sq is None:
+            return rng.InitSpec(self.init, 2.0 / (keep or 1.0))
+        return rng.InitSpec(self.init, self.gain_sq)
+
+    @property
+    def bn_calibration_examples(self) -> int:
+        return self.bn_examples or DEFAULT_BN_EXAMPLES
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("criteria", "keeps", "exclude"):
+            d[k] = list(getattr(self, k))
+        for k in ("include", "mean", "std"):
+            d[k] = None if getattr(self, k) is None else list(getattr(self, k))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "FindConfig":
+        known = {f.name for f in fields(cls)}
+        extra = set(d) - known
+        if extra:
+            raise ValueError(f"unknown config fields: {', '.join(sorted(extra))}")
+        d = dict(d)
+        for k in ("criteria", "keeps", "include", "exclude", "mean", "std"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    @property
+    def learned(self) -> bool:
+        return self.method != "criteria"
+
+    def _hash(self, keys: Sequence[str]) -> str:
+        d = self.to_dict()
+        canon = json.dumps({k: d[k] for k in keys if k not in _ABSENT or d[k] != _ABSENT[k]}, sort_keys=True,
+                           separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    @property
+    def train_hash(self) -> str:
+        """Identity of the training stage (what trained weights depend on)."""
+        return self._hash(_TRAIN_FIELDS)
+
+    @property
+    def train_config_hash(self) -> str:
+        """Identity of the training config apart from the seed: runs that differ only in their
+        seed share it, so reports average exactly those."""
+        return self._hash([k for k in _TRAIN_FIELDS if k != "seed"])
+
+    @property
+    def run_hash(self) -> str:
+        """Identity of the whole run (training and evaluation)."""
+        return self._hash([f.name for f in fields(self)])
+
+    def default_out(self) -> str:
+        label = self.model if is_builtin_model(self.model) else _slug(self.model)
+        data = self.dataset if self.dataset in datasets.DATASETS else _slug(self.dataset)
+        return os.path.join("runs", f"{label}-{data}-s{self.seed}-{self.run_hash[:8]}")
+
+
+def _slug(spec: str) -> str:
+    """A short folder-name form of a model spec or data path (``pkg/net.py:make`` -> ``make``)."""
+    tail = spec.rsplit(":", 1)[-1] if ":" in spec else os.path.basename(spec.rstrip("/\\")) or "data"
+    tail = os.path.splitext(tail)[0] or tail
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in tail)[:40] or "custom"
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU raises."""
+    import torch
+
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        from ..errors import RuntimeUnavailableError
+
+        raise RuntimeUnavailableError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+    return device

@@ -1,0 +1,137 @@
+"""Dense training, prediction and BatchNorm statistics for any network (imports torch).
+
+Everything random is explicit: the data order comes from a torch generator seeded from the
+run's seed, the BatchNorm calibration examples from the project's generator. On the CPU a run
+is deterministic for a given torch build and thread count.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Mapping
+
+import numpy as np
+
+from .. import rng
+from ..prediction import predict_classes
+from .meter import TrainMeter
+from .subject import Subject, forward, load_state, state_to_torch
+
+#: Batch size of the BatchNorm calibration passes.
+BN_BATCH = 250
+
+
+def seed_of(seed: int, name: str) -> int:
+    """A 63-bit torch seed derived from the run's seed and a purpose name."""
+    return int(rng.raw_words(seed, name, 1)[0] >> np.uint64(1))
+
+
+def train_dense(subject: Subject, state: Mapping[str, np.ndarray], x, y, *, seed: int, lr: float, batch_size: int,
+                iterations: int | None, epochs: int | None, device: str,
+                progress: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+    """Train every parameter of the network from ``state`` with Adam on preprocessed ``x``/``y``
+    (device tensors); return (every tensor after training, summary)."""
+    import torch
+    from torch.nn import functional as F
+
+    net = subject.module.to(device)
+    load_state(net, state)
+    n = x.shape[0]
+    bs = min(batch_size, n)
+    per_epoch = n // bs  # whole batches only, so every step sees batch_size examples
+    total = iterations or epochs * per_epoch
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(seed_of(seed, "shuffle"))
+    history: list[dict] = []
+    meter = TrainMeter(total, "train", progress, device, history)
+    t0 = time.perf_counter()
+    net.train()
+    perm = None
+    for it in range(total):
+        b = it % per_epoch
+        if b == 0:
+            perm = torch.randperm(n, generator=gen).to(device)
+        idx = perm[b * bs:(b + 1) * bs]
+        xb, yb = x[idx], y[idx]
+        out = net(xb)
+        loss = F.cross_entropy(out, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        meter.step(it, loss, out, yb)
+    meter.close()
+    seconds = time.perf_counter() - t0
+    tensors = {**dict(net.named_parameters()), **dict(net.named_buffers())}
+    final = {n: tensors[n].detach().cpu().numpy().astype(np.float32) for n in subject.plans}
+    summary = {
+        "iterations": total,
+        "epochs": total / per_epoch,
+        "train_examples": n,
+        "device": device,
+        "seconds": seconds,
+        "iterations_per_second": total / seconds if seconds else None,
+        "history": history,
+    }
+    return final, summary
+
+
+def logits(subject: Subject, tensors: Mapping, x, batch: int = 2000) -> np.ndarray:
+    """Float32 logits of the network (eval mode) with ``tensors`` on preprocessed ``x``."""
+    import torch
+
+    net = subject.module.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, x.shape[0], batch):
+            out.append(forward(net, tensors, x[i:i + batch]).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def accuracy(subject: Subject, state: Mapping[str, np.ndarray], x, y_np: np.ndarray,
+             device: str) -> tuple[int, np.ndarray]:
+    """(number correct, predictions) of the network with ``state`` on preprocessed ``x``; the
+    runtime's tie rule (:func:`supermask.prediction.predict_classes`) decides the class."""
+    subject.module.to(device)
+    pred = predict_classes(logits(subject, state_to_torch(state, device), x))
+    return int(np.count_nonzero(pred == y_np)), pred
+
+
+def calibration_indices(seed: int, n_available: int, n: int) -> np.ndarray:
+    """A fixed, seeded choice of ``n`` training examples for BatchNorm statistics: the order of
+    the generator's words under the name ``bn-calibration``, so it is the same everywhere."""
+    words = rng.raw_words(seed, "bn-calibration", n_available)
+    return np.argsort(words, kind="stable")[:min(n, n_available)]
+
+
+def batchnorm_statistics(subject: Subject, state: Mapping[str, np.ndarray], x_cal,
+                         device: str) -> dict[str, np.ndarray]:
+    """BatchNorm running means and variances of the network with ``state``: the average of the
+    batch statistics over ``x_cal`` in batches of :data:`BN_BATCH` (a cumulative average, as
+    torch computes with ``momentum=None``). Other layers run in eval mode (no dropout)."""
+    import torch
+    from torch import nn
+
+    net = subject.module.to(device)
+    tensors = state_to_torch(state, device)
+    norms = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum, m.training) for _, m in norms]
+    net.eval()
+    for name, m in norms:
+        m.momentum = None
+        m.train()
+        prefix = f"{name}." if name else ""
+        if f"{prefix}running_mean" in tensors:
+            tensors[f"{prefix}running_mean"].zero_()
+            tensors[f"{prefix}running_var"].fill_(1.0)
+            tensors[f"{prefix}num_batches_tracked"] = torch.zeros((), dtype=torch.long, device=device)
+    try:
+        with torch.no_grad():
+            for i in range(0, x_cal.shape[0], BN_BATCH):
+                forward(net, tensors, x_cal[i:i + BN_BATCH])
+    finally:
+        for m, momentum, training in saved:
+            m.momentum = momentum
+            m.train(training)
+        net.eval()
+    return {n: tensors[n].detach().cpu().numpy().astype(np.float32) for n in subject.names("statistic")}

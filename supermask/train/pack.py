@@ -1,0 +1,150 @@
+"""``pack``: one supermask of a finished run -> a version-3 ticket that carries its graph.
+
+The network is rebuilt from the run's config (or passed in), its weight-free ONNX graph is
+exported with every ticket tensor as a placeholder, and the graph is checked in onnxruntime
+against the masked torch model before the ticket is written (atomically).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..arch import Preprocess
+from ..errors import ModelError, RunError
+from . import criteria as crit
+from .config import DENSITY_LEARNED, LEARNED_METHODS, OBJECT_PREFIX
+from .masks import extra_key, learned_multipliers, masked_state, variant_init
+from .runs import load_npz, load_run, pick_row, run_masks
+
+log = logging.getLogger(__name__)
+
+#: Ticket role of each fate when nothing is trained ("fixed" biases and norm parameters).
+_FIXED_ROLES = {"bias": "zero", "norm_bias": "zero", "norm_weight": "one"}
+
+
+def _resolve(cfg, results, criterion, keep, init, run):
+    if cfg.learned:
+        criterion = criterion or cfg.method
+        if criterion != cfg.method:
+            raise RunError(f"{run} learned its masks with --method {cfg.method}; it has no {criterion!r} masks "
+                           f"(pack it with --criterion {cfg.method}, or pack a `--method criteria` run)")
+        if init != "original":
+            raise RunError(f"a learned mask goes with the weights it was learned over; --init {init} applies to "
+                           f"criteria runs only")
+        if keep is not None and cfg.method in DENSITY_LEARNED and pick_row(results, criterion, keep, init) is None:
+            raise RunError(f"{run} learned its density with --method {cfg.method} and holds one mask "
+                           f"(keep {results['rows'][0]['keep']!r}); leave out --keep")
+    else:
+        criterion = criterion or crit.DEFAULT_CRITERION
+        if criterion in LEARNED_METHODS:
+            raise RunError(f"{run} is a criteria run; learn {criterion} masks with `supermask find --method "
+                           f"{criterion}`")
+        crit.get(criterion)
+    row = pick_row(results, criterion, keep, init)
+    if row is None:
+        have = sorted({r["keep"] for r in results["rows"] if r["criterion"] == criterion and r["init"] == init},
+                      reverse=True)
+        how = (f"`supermask find --method {cfg.method} --keep ...`" if cfg.learned
+               else "`supermask find --criteria ... --keep ...`")
+        raise RunError(f"{run} has no results for criterion {criterion!r} with init {init!r}"
+                       + (f" at keep {keep:g}" if keep is not None else "")
+                       + f"; it has keep {', '.join(f'{k:g}' for k in have) or 'none'} (evaluate others with {how})")
+    return criterion, row
+
+
+def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | None = None, keep: float | None = None,
+         init: str = "original", codec: str = "auto", model=None, return_validation: bool = False):
+    """Write the ticket of one supermask of a finished run; return the parsed :class:`Ticket`
+    (and the graph's :class:`~supermask.export.torch_graph.Validation` with ``return_validation``).
+
+    ``criterion=None`` means the run's learned method, or ``large_final_same_sign`` for a
+    criteria run. ``keep=None`` takes the keep with the best test accuracy in
+    ``results.json``. ``model`` is the run's network when it was given to the library as an
+    object; otherwise the run's config rebuilds it.
+    """
+    from ..export.torch_graph import export_graph, validate, validation_inputs
+    from ..ticket import decode_ticket
+    from ..ticket3 import encode_v3
+    from ..atomic import atomic_write
+    from .data import load_model
+    from .subject import Subject
+
+    cfg, info, results = load_run(run)
+    criterion, row = _resolve(cfg, results, criterion, keep, init, run)
+    keep = row["keep"]  # the run's own value, not the one typed (0.1 for 0.1000000000001)
+    spec = (cfg.init_for(keep if cfg.method == "edge-popup" else None) if cfg.learned
+            else variant_init(cfg, init))
+    if model is None:
+        if cfg.model.startswith(OBJECT_PREFIX):
+            raise RunError(f"{run}: the model was given to supermask.find as an object; pass it to pack too "
+                           f"(supermask.pack(run, out, model=...))")
+        model = load_model(cfg.model, info["input_shape"], len(info["classes"]))
+    else:
+        import copy
+
+        model = copy.deepcopy(model)  # the export puts it in eval mode on the CPU
+    subject = Subject.from_module(model, include=cfg.include, exclude=cfg.exclude, affine=cfg.affine)
+    if subject.digest() != info["digest"]:
+        raise ModelError(f"{run}: the model now has other tensors than when the run was made (digest "
+                         f"{subject.digest()} vs {info['digest']}); pack with the same model code")
+    masks = run_masks(run, criterion, keep, info)
+    factors = learned_multipliers(cfg, masks)
+    extras_all = load_npz(Path(run) / "extras.npz")
+    prefix = extra_key(criterion, keep, init, "")
+    stored = {k[len(prefix):]: v for k, v in extras_all.items() if k.startswith(prefix)}
+    roles: dict[str, str] = {}
+    for n, p in subject.plans.items():
+        if p.fate in ("masked", "regenerated"):
+            roles[n] = p.fate
+        elif n in stored:
+            roles[n] = "stored"
+        elif p.fate in _FIXED_ROLES and n not in subject.trained_extras:
+            roles[n] = _FIXED_ROLES[p.fate]
+        else:
+            raise RunError(f"{run}/extras.npz has no value of {n!r} for {criterion} keep {keep}; re-run find")
+    weights = subject.initial_weights(cfg.seed, spec)
+    constants = {n: (np.ones if r == "one" else np.zeros)(subject.plans[n].shape, np.float32)
+                 for n, r in roles.items() if r in ("zero", "one")}
+    tensors = masked_state(weights, masks, {**constants, **stored}, factors)
+    preprocess = Preprocess(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in info["preprocess"].items()})
+    graph = export_graph(subject.module, tensors, info["input_shape"], preprocess)
+    used = _used(graph)
+    unused = [n for n in roles if n not in used]
+    if unused:
+        log.info("left out of the ticket (the graph does not use them): %s", ", ".join(unused))
+    lo, hi = info.get("input_range", [0.0, 255.0])
+    x = validation_inputs(info["input_shape"], info["input_dtype"], lo, hi)
+    check = validate(graph, subject.module, tensors, preprocess, x)
+    meta = {
+        **({"method": cfg.method} if cfg.learned else {}),
+        "dataset": cfg.dataset[-200:],
+        "model": cfg.model[-200:],
+        "accuracy": row["accuracy"],
+        "test_examples": row["total"],
+    }
+    if init != "original":
+        meta["init_variant"] = init
+    if cfg.affine != "fixed":
+        meta["affine"] = cfg.affine
+    data = encode_v3(graph, seed=cfg.seed, init=spec, roles={n: roles[n] for n in used}, classes=info["classes"],
+                     masks={n: m for n, m in masks.items() if n in used},
+                     stored={n: v for n, v in stored.items() if n in used},
+                     multipliers={n: f for n, f in factors.items() if n in used}, codec=codec, criterion=criterion,
+                     keep=keep, metadata=meta)
+    ticket = decode_ticket(data)
+    regenerated = ticket.weights()
+    for n in used:  # the ticket regenerates exactly the tensors the run evaluated
+        if not np.array_equal(regenerated[n], tensors[n]):
+            raise RunError(f"internal error: tensor {n!r} of the ticket differs from the run's; not written")
+    atomic_write(out, data)
+    return (ticket, check) if return_validation else ticket
+
+
+def _used(graph: bytes) -> list[str]:
+    from ..ticket3 import graph_tensors
+
+    return list(graph_tensors(graph)[0])
