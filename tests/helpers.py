@@ -27,6 +27,17 @@ BLOCK_TORCH_AND_ONNX = BLOCK_TORCH.replace("name == 'torch' or name.startswith('
                                            "name.split('.')[0] in ('torch', 'onnx')")
 
 
+def needs_data(name: str):
+    """Mark a test that reads ``SHARED_DATA/<name>``: skipped with the reason where it is missing,
+    unless SUPERMASK_REQUIRE_DATA=1 (set by .ci/run), when the test runs and fails on the
+    missing files instead of being skipped silently."""
+    import pytest
+
+    missing = not (SHARED_DATA / name).is_dir()
+    return pytest.mark.skipif(missing and os.environ.get("SUPERMASK_REQUIRE_DATA") != "1",
+                              reason=f"{SHARED_DATA / name} not present (set SUPERMASK_REQUIRE_DATA=1 to fail instead)")
+
+
 def cuda_available() -> bool:
     try:
         import torch

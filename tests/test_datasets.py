@@ -17,7 +17,7 @@ import pytest
 from supermask import datasets
 from supermask.errors import DatasetError, SupermaskError
 
-from helpers import SHARED_DATA
+from helpers import SHARED_DATA, needs_data
 
 
 def idx_bytes(a: np.ndarray) -> bytes:
@@ -151,7 +151,7 @@ def test_unreadable_cifar_batch_is_a_dataset_error(tmp_path, monkeypatch):
         datasets.load("cifar10", "test", tmp_path)
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "fashion-mnist").is_dir(), reason="shared Fashion-MNIST files not present")
+@needs_data("fashion-mnist")
 def test_real_fashion_mnist_test_split():
     ds = datasets.load("fashion-mnist", "test", SHARED_DATA)
     assert ds.images.shape == (10000, 1, 28, 28)

@@ -27,10 +27,10 @@ from supermask.train.pack import pack  # noqa: E402
 from supermask.train.runs import is_complete, load_npz, load_run, pick_row, run_masks  # noqa: E402
 from supermask.train.subject import Subject  # noqa: E402
 
-from helpers import SHARED_DATA, cuda_available  # noqa: E402
+from helpers import SHARED_DATA, cuda_available, needs_data  # noqa: E402
 
 FASHION = SHARED_DATA / "fashion-mnist"
-needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="shared Fashion-MNIST files not present")
+needs_fashion = needs_data("fashion-mnist")
 SMALL = dict(model="lenet-300-100", dataset="digits", iterations=150, keeps=(0.5, 0.2, 0.05))
 
 

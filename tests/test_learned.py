@@ -27,7 +27,7 @@ from supermask.train.runs import load_npz, load_run, pick_row, run_masks, tensor
 from supermask.train.subject import Subject  # noqa: E402
 
 from deploy_helpers import run_preprocess, torch_logits  # noqa: E402
-from helpers import FIXTURES, SHARED_DATA, cuda_available  # noqa: E402
+from helpers import FIXTURES, SHARED_DATA, cuda_available, needs_data  # noqa: E402
 
 EDGE = dict(model="lenet-300-100", dataset="digits", method="edge-popup", epochs=6, keeps=(0.5, 0.1))
 BERN = dict(model="lenet-300-100", dataset="digits", method="bernoulli", epochs=6)
@@ -434,7 +434,7 @@ def test_cuda_learned_masks_pack_into_tickets_that_run_on_cpu(tmp_path):
     assert rep.correct == res["rows"][0]["correct"] and t.criterion == "bernoulli"
 
 
-@pytest.mark.skipif(not FASHION.is_dir(), reason="shared Fashion-MNIST files not present")
+@needs_data("fashion-mnist")
 def test_edge_popup_on_fashion_mnist_beats_the_heuristic_masks(tmp_path):  # real data in CI: about 20 s
     # Two epochs at keep 0.1 (a ticket of about 17 KB): the default (scaled) init learns a mask
     # far better than the best heuristic one, about 70 % (docs/results.md).
