@@ -64,7 +64,7 @@ def sparse_bytes(nnz: int) -> int:
 
 
 def dense_initializer(name: str, w: np.ndarray) -> TensorProto:
-    return numpy_helper.from_array(np.ascontiguousarray(w, dtype=np.float32), name)
+    return numpy_helper.from_array(np.asarray(w, dtype=np.float32, order="C"), name)  # 0-d stays 0-d
 
 
 def sparse_initializer(name: str, w: np.ndarray) -> onnx.SparseTensorProto:

@@ -114,8 +114,12 @@ class Model:
         self.note = note
         # The session reads the weight arrays in place (external initializers): keep them alive.
         self._buffers = buffers
-        self._input = session.get_inputs()[0].name
-        self._output = session.get_outputs()[0].name
+        ins, outs = session.get_inputs(), session.get_outputs()
+        if len(ins) != 1 or len(outs) != 1:
+            raise SupermaskError(f"the ticket's graph has {len(ins)} inputs and {len(outs)} outputs once loaded; "
+                                 "a ticket's graph takes one input and returns one output")
+        self._input = ins[0].name
+        self._output = outs[0].name
 
     @property
     def architecture(self):
@@ -146,7 +150,22 @@ class Model:
         """Logits (N, classes) float32 for raw inputs ``x``: (N, *input_shape) or one example
         of shape ``input_shape``; any integer or float dtype (uint8 pixels are typical)."""
         batch = to_batch(x, self.input_shape)
-        return self.session.run([self._output], {self._input: batch})[0]
+        return self._run(batch)
+
+    def _check(self, z, n: int) -> np.ndarray:
+        if not isinstance(z, np.ndarray) or z.shape != (n, len(self.classes)):
+            raise SupermaskError(f"the ticket's graph returned logits of shape {getattr(z, 'shape', None)} for {n} "
+                                 f"inputs; {len(self.classes)} classes need ({n}, {len(self.classes)}): the ticket "
+                                 f"is inconsistent")
+        return z
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            z = self.session.run([self._output], {self._input: batch})[0]
+        except Exception as e:  # onnxruntime's own exception types: a bad graph or an unusable input
+            raise SupermaskError(f"onnxruntime failed to run the ticket's graph: "
+                                 f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
+        return self._check(z, batch.shape[0])
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predicted class indices (N,) int64 for raw inputs ``x`` (see :meth:`logits`); ties
@@ -193,10 +212,13 @@ class Model:
                 binding.clear_binding_outputs()
                 binding.bind_cpu_input(self._input, batch)
                 binding.bind_output(self._output, out_device)
-                self.session.run_with_iobinding(binding)
-                z = binding.copy_outputs_to_cpu()[0]
+                try:
+                    self.session.run_with_iobinding(binding)
+                except Exception as e:
+                    raise SupermaskError(f"onnxruntime failed to run the ticket's graph: {str(e)[:300]}") from None
+                z = self._check(binding.copy_outputs_to_cpu()[0], batch.shape[0])
             else:
-                z = self.session.run([self._output], {self._input: batch})[0]
+                z = self._run(batch)
             correct += int(np.count_nonzero(predict_classes(z) == labels[a:a + batch_size]))
         seconds = time.perf_counter() - start
         n = int(images.shape[0])
@@ -264,7 +286,8 @@ def graph_session(graph: bytes, weights: dict[str, np.ndarray], device: str = "a
         raise RuntimeUnavailableError(f"onnxruntime {ort.__version__} cannot take weights from memory "
                                       f"(add_external_initializers); install onnxruntime 1.17 or newer")
     names = list(weights)
-    keep = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[n], dtype=np.float32)) for n in names]
+    # (np.asarray keeps 0-d arrays 0-d; np.ascontiguousarray would make them 1-d)
+    keep = [ort.OrtValue.ortvalue_from_numpy(np.asarray(weights[n], dtype=np.float32, order="C")) for n in names]
     so.add_external_initializers(names, keep)
     try:
         with warnings.catch_warnings():

@@ -52,6 +52,22 @@ MAX_SECTION_BYTES = 4 << 20  # compressed
 MAX_HEADER_BYTES = 4 << 20  # decompressed JSON
 MAX_GRAPH_BYTES = 4 << 20  # decompressed ONNX (a ResNet-20 graph is 14 KB)
 MAX_TENSORS = 100_000
+#: The operators a ticket's graph may use: what torch exports for feed-forward classifiers
+#: (convolutions, linear layers, norms, activations, pooling, elementwise and shape
+#: arithmetic). Operators that make tensors of a size written in the graph itself
+#: (ConstantOfShape, Expand, Tile, Range, Resize), control flow (If, Loop, Scan) and the rest
+#: are refused, so a small hostile graph cannot ask onnxruntime for unbounded memory or time
+#: that way (docs/format.md 7.3).
+ALLOWED_OPS = frozenset("""
+    Abs Acos Add And ArgMax ArgMin Asin Atan AveragePool BatchNormalization Cast Ceil Celu Clip Concat Constant
+    Conv ConvTranspose Cos Div Dropout Einsum Elu Equal Erf Exp Flatten Floor Gather GatherElements Gelu Gemm
+    GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GroupNormalization HardSigmoid HardSwish
+    Identity InstanceNormalization LRN LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax LpNormalization
+    MatMul Max MaxPool Mean Min Mish Mod Mul Neg Not Or PRelu Pow Reciprocal ReduceL1 ReduceL2 ReduceLogSumExp
+    ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Round Selu Shape Shrink
+    Sigmoid Sign Sin Size Slice Softmax Softplus Softsign Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu
+    Transpose Trilu Unsqueeze Where Xor
+""".split())
 MAX_CLASSES = 100_000
 _PREFIX = struct.Struct("<8sHHI")
 _MAGIC = b"\x89SMASK\r\n"
@@ -144,8 +160,16 @@ def graph_tensors(graph: bytes) -> tuple[dict[str, tuple[int, ...]], tuple[int, 
     out = info.outputs[0]
     if out.elem_type != 1 or len(out.dims) != 2:
         raise _fail(f"graph: output must be float32 (N, classes), got elem type {out.elem_type} dims {out.dims}")
+    refused = sorted(info.op_types - ALLOWED_OPS)
+    if refused:
+        raise _fail(f"graph: operator {refused[0]!r:.40} is not allowed in a ticket (see docs/format.md 7.3)"
+                    + (f", nor {', '.join(refused[1:4])}" if len(refused) > 1 else ""))
     shapes: dict[str, tuple[int, ...]] = {}
+    names: set[str] = set()
     for t in info.initializers:
+        if t.name in names or t.name in (INPUT_NAME, OUTPUT_NAME):
+            raise _fail(f"graph: initializer name {t.name!r:.60} is repeated or is the graph's input or output")
+        names.add(t.name)
         if t.external_location is None:
             continue  # a constant the graph holds itself (no external data: nothing to fill)
         if t.external_location != PLACEHOLDER:
@@ -153,9 +177,9 @@ def graph_tensors(graph: bytes) -> tuple[dict[str, tuple[int, ...]], tuple[int, 
                         f"a ticket graph may only name placeholders ({PLACEHOLDER!r})")
         if t.data_type != 1:
             raise _fail(f"graph: placeholder {t.name!r:.60} must be float32")
-        if t.name in shapes or t.name == INPUT_NAME or not _NAME.match(t.name):
-            raise _fail(f"graph: placeholder name {t.name!r:.60} is invalid or repeated")
-        if not t.dims or any(not 1 <= d <= (1 << 31) - 1 for d in t.dims) or math.prod(t.dims) > (1 << 31) - 1:
+        if not _NAME.match(t.name):
+            raise _fail(f"graph: placeholder name {t.name!r:.60} is not 1 to 200 printable ASCII characters")
+        if any(not 1 <= d <= (1 << 31) - 1 for d in t.dims) or math.prod(t.dims) > (1 << 31) - 1:
             raise _fail(f"graph: placeholder {t.name!r:.60} has dims {t.dims}; each must be 1 to 2^31-1 in all")
         shapes[t.name] = tuple(t.dims)
     classes = out.dims[1] if isinstance(out.dims[1], int) else None

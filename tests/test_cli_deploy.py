@@ -16,6 +16,7 @@ from supermask import read_ticket
 from supermask.cli import main
 
 from deploy_helpers import FASHION_CLASSES, fashion_test, make_ticket
+from helpers import needs_data
 from test_runtime_inputs import encode_png
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -189,6 +190,7 @@ def test_device_cuda_without_cuda_fails_and_auto_notes_the_fallback(tmp_path, ti
 # ----------------------------------------------------------------------------------- eval
 
 
+@needs_data("fashion-mnist")
 def test_eval_fashion_mnist_matches_torch_accuracy(ticket):
     from deploy_helpers import torch_logits
 
@@ -208,6 +210,7 @@ def test_eval_fashion_mnist_matches_torch_accuracy(ticket):
     assert out["ticket_accuracy"] is None  # a hand-made ticket has no accuracy recorded by find
 
 
+@needs_data("fashion-mnist")
 def test_eval_text_output_and_limit(ticket):
     from helpers import SHARED_DATA
 

@@ -275,15 +275,72 @@ def test_bad_models_and_data_give_clear_errors(tmp_path):
     assert not any((tmp_path / n / "results.json").exists() for n in "abcdefghij")
 
 
-def test_an_unexportable_model_is_refused_naming_the_layer(tmp_path):
+def test_an_unexportable_model_is_refused_before_training_naming_the_layer(tmp_path):
     npz = write_npz(tmp_path / "d.npz")
-    spec = f"{MODEL_FILE}:unexportable"
-    r = cli("find", "--model", spec, "--dataset", npz, "--method", "edge-popup", "--keep", "0.5", "--iterations", "3",
-            "-q", "--out", tmp_path / "run")
-    assert r.exit_code == 0, r.output  # training works; the export is what fails
-    r = _fails("pack", tmp_path / "m.smask", "--run", tmp_path / "run", match="cannot export")
+    r = _fails("find", "--model", f"{MODEL_FILE}:unexportable", "--dataset", npz, "--method", "edge-popup", "--keep",
+               "0.5", "--iterations", "3", "-q", "--out", tmp_path / "run", match="cannot export")
     assert "odd (OddLayer)" in r.output
-    assert not (tmp_path / "m.smask").exists()
+    assert not (tmp_path / "run" / "train.json").exists()
+
+
+@pytest.mark.parametrize("factory,match", [
+    ("wrong_input", "fails on inputs of shape (2, 1, 8, 8)"),
+    ("three_d_output", "returned (2, 10, 1)"),
+    ("too_many_outputs", "returned (2, 20)"),
+    ("tuple_output", "returned tuple"),
+    ("padded", "is not allowed in a ticket"),
+])
+def test_models_that_do_not_fit_the_data_are_refused_before_training(tmp_path, factory, match):
+    npz = write_npz(tmp_path / "d.npz")
+    _fails("find", "--model", f"{MODEL_FILE}:{factory}", "--dataset", npz, "--iterations", "2", "-q",
+           "--out", tmp_path / "run", match=match)
+    assert not (tmp_path / "run" / "train.json").exists()
+
+
+def test_a_changed_forward_is_a_changed_model(tmp_path):
+    """Modules without tensors and the forward code are part of the model's identity."""
+    from supermask.train.data import load_model
+
+    a = Subject.from_module(load_model(SPEC, (1, 8, 8), 10))
+    b = Subject.from_module(load_model(f"{MODEL_FILE}:make_sigmoid", (1, 8, 8), 10))
+    assert [p.name for p in a.plans.values()] == [p.name for p in b.plans.values()]  # same tensors
+    assert a.digest() != b.digest()
+    src = MODEL_FILE.read_text()
+    f = tmp_path / "net.py"
+    f.write_text(src)
+    d1 = Subject.from_module(load_model(f"{f}:make", (1, 8, 8), 10)).digest()
+    f.write_text(src.replace("F.relu(y + z)", "F.relu(y - z)"))
+    d2 = Subject.from_module(load_model(f"{f}:make", (1, 8, 8), 10)).digest()
+    assert d1 != d2
+
+
+def test_batchnorm_statistics_use_equal_batches_and_any_count(tmp_path):
+    """251 calibration examples: no batch of one (which BatchNorm refuses); and the statistics are
+    the mean over all examples, whatever the split."""
+    from supermask.train.data import load_model
+    from supermask.train.loop import batchnorm_statistics
+
+    s = Subject.from_module(load_model(SPEC, (1, 8, 8), 10))
+    g = np.random.default_rng(0)
+    state = {n: g.normal(size=p.shape).astype(np.float32) for n, p in s.plans.items()}
+    x = torch.from_numpy(g.normal(size=(251, 1, 8, 8)).astype(np.float32))
+    stats = batchnorm_statistics(s, state, x, "cpu")
+    w = torch.from_numpy(state["stem.weight"])
+    mean = torch.nn.functional.conv2d(x, w, padding=1).mean(dim=(0, 2, 3)).numpy()
+    # batches of 126 and 125 weigh each example within 1 % of equally: close to the exact mean
+    np.testing.assert_allclose(stats["bn0.running_mean"], mean, rtol=0, atol=2e-3)
+
+
+def test_dropout_is_seeded_so_runs_repeat(tmp_path):
+    (x, y), (xt, yt) = _arrays()
+    rows = []
+    for i in range(2):
+        run = supermask.find(f"{MODEL_FILE}:with_dropout", (x, y), (xt, yt), method="edge-popup", keep=0.5,
+                             iterations=30, out=tmp_path / f"r{i}", progress=False)
+        rows.append(run.rows[0]["correct"])
+        masks = np.load(tmp_path / f"r{i}" / "masks.npz")
+        rows.append(tuple(masks[k].tobytes() for k in sorted(masks.files)))
+    assert rows[0] == rows[2] and rows[1] == rows[3]
 
 
 def test_validation_catches_a_graph_that_computes_something_else(monkeypatch):

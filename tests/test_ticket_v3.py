@@ -272,3 +272,57 @@ def test_mutations_of_the_graph_section_raise_only_typed_errors(fixture_bytes):
         name = outcome(_mutations(fixture_bytes, r))  # anything but a SupermaskError propagates
         seen[name] = seen.get(name, 0) + 1
     assert sum(v for k, v in seen.items() if k != "ok") > 1000, seen
+
+
+def test_graph_ops_names_and_output_width_are_checked(fixture_bytes, tmp_path):
+    header, graph, payloads = split_v3(fixture_bytes)
+
+    def bomb(m, onnx):  # a tensor whose size the graph writes itself
+        shape = onnx.helper.make_tensor("shape", onnx.TensorProto.INT64, [1], [1 << 28])
+        m.graph.initializer.append(shape)
+        m.graph.node.append(onnx.helper.make_node("ConstantOfShape", ["shape"], ["big"]))
+
+    with pytest.raises(TicketFormatError, match="'ConstantOfShape' is not allowed"):
+        ticket.decode_ticket(join_v3(header, _graph_with(graph, bomb), payloads))
+
+    def named_input(m, onnx):
+        m.graph.initializer.append(onnx.helper.make_tensor("input", onnx.TensorProto.FLOAT, [1], [0.0]))
+
+    with pytest.raises(TicketFormatError, match="graph's input or output"):
+        ticket.decode_ticket(join_v3(header, _graph_with(graph, named_input), payloads))
+
+    def wider(m, onnx):  # declares 3 classes, computes 6
+        last = m.graph.node[-1]
+        old = last.output[0]
+        last.output[0] = "narrow"
+        m.graph.node.append(onnx.helper.make_node("Concat", ["narrow", "narrow"], [old], axis=1))
+
+    t = ticket.decode_ticket(join_v3(header, _graph_with(graph, wider), payloads))
+    import supermask.runtime as smr
+
+    with pytest.raises(SupermaskError, match=r"logits of shape \(2, 6\)"):
+        smr.load(t, "cpu").predict(np.zeros((2, 1, 4, 4), np.float32))
+
+
+def test_scalar_tensors_can_be_stored(lenet_graph):
+    onnx = pytest.importorskip("onnx")
+    m = onnx.load_from_string(lenet_graph)
+    t = onnx.TensorProto()
+    t.name, t.data_type = "temperature", onnx.TensorProto.FLOAT
+    t.data_location = onnx.TensorProto.EXTERNAL
+    e = t.external_data.add()
+    e.key, e.value = "location", PLACEHOLDER
+    m.graph.initializer.append(t)
+    last = m.graph.node[-1]
+    last.output[0] = "raw"
+    m.graph.node.append(onnx.helper.make_node("Mul", ["raw", "temperature"], ["logits"]))
+    roles = {"fc1.weight": "regenerated", "fc2.weight": "regenerated", "fc3.weight": "regenerated",
+             "fc1.bias": "zero", "fc2.bias": "zero", "fc3.bias": "zero", "temperature": "stored"}
+    data = encode_v3(m.SerializeToString(), seed=1, init=InitSpec("kaiming_uniform"), roles=roles,
+                     classes=FASHION, stored={"temperature": np.array(2.0, np.float32)})
+    t3 = ticket.decode_ticket(data)
+    assert t3.stored["temperature"].shape == () and t3.weights()["temperature"] == 2.0
+    import supermask.runtime as smr
+
+    z = smr.load(t3, "cpu").logits(np.full((1, 1, 28, 28), 7, np.float32))
+    assert z.shape == (1, 10)

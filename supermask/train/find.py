@@ -20,7 +20,7 @@ import numpy as np
 from .. import datasets
 from ..arch import Preprocess
 from ..atomic import atomic_write
-from ..errors import DatasetError, RunError
+from ..errors import DatasetError, RunError, SupermaskError
 from ..lock import claim_folder
 from . import data as D
 from .config import INIT_VARIANTS, OBJECT_PREFIX, FindConfig, is_builtin_model, resolve_device
@@ -85,11 +85,45 @@ def prepare(cfg: FindConfig, *, model=None, train_data=None, test_data=None, cla
 
         model = copy.deepcopy(model)  # training and .to(device) must not change the caller's module
     subject = Subject.from_module(model, include=cfg.include, exclude=cfg.exclude, affine=cfg.affine)
+    preflight(subject, test_set, preprocess)
     if not is_builtin_model(cfg.model):
         cfg = replace(cfg, model_digest=subject.digest())
     if name not in datasets.DATASETS:
         cfg = replace(cfg, data_digest=D.data_digest(train_set, test_set))
     return cfg, _Inputs(cfg, subject, test_set, train_set, preprocess, load_train)
+
+
+def preflight(subject, ds: datasets.Dataset, preprocess: Preprocess) -> None:
+    """Check, before any training, that the network takes the data and returns one logit per
+    class, and that it exports to a graph a ticket may carry; raise :class:`ModelError` if not."""
+    import torch
+
+    from ..errors import ModelError
+    from ..export.torch_graph import export_graph
+    from ..ticket3 import graph_tensors
+    from .subject import forward
+
+    k = len(ds.classes)
+    x = D.preprocess_tensor(torch.from_numpy(np.array(ds.images[:2])), preprocess)
+    module = subject.module.eval()
+    try:
+        with torch.no_grad():
+            out = forward(module, {}, x)
+    except Exception as e:  # the user's forward: report what it raised, and what it was given
+        raise ModelError(f"the model fails on inputs of shape {tuple(x.shape)} (the data's (N, "
+                         f"{', '.join(map(str, ds.input_shape))}) after preprocessing): {type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:300] if str(e) else ''}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (x.shape[0], k):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"the model must return one logit per class, a tensor of shape (N, {k}); on "
+                         f"{x.shape[0]} inputs it returned {got}")
+    state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    tensors = {n: state[n].detach().cpu().numpy() for n in subject.plans}
+    graph = export_graph(module, tensors, ds.input_shape, preprocess)  # ModelError names a failing layer
+    try:
+        graph_tensors(graph)
+    except SupermaskError as e:
+        raise ModelError(f"the model's ONNX graph cannot go in a ticket: {e}") from None
 
 
 def find(cfg: FindConfig, out: str | os.PathLike, *, data_dir: str | None = None, download: bool = False,

@@ -41,7 +41,7 @@ import numpy as np
 from .. import rng
 from ..atomic import atomic_open
 from .config import DENSITY_LEARNED, LEARNED_METHODS, METHODS  # noqa: F401  (re-exported)
-from .loop import seed_of
+from .loop import seed_of, seeded_torch
 from .masks import fans, final_mask, kept_count, multiplier, scaled_masked  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -200,7 +200,7 @@ def train_scores(method: str, subject: Subject, state: Mapping[str, np.ndarray],
     shuffle_gen = torch.Generator(device="cpu")
     masker, opt = fresh()
     params = masker.params()
-    start, history, seconds, meter_state = 0, [], 0.0, None
+    start, history, seconds, meter_state, torch_rng = 0, [], 0.0, None, None
     ckpt = _load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.exists() else None
     if ckpt is not None and (ckpt.get("fingerprint") != fingerprint or ckpt.get("total") != total):
         log.warning("checkpoint %s belongs to another config; training this stage from the start", checkpoint)
@@ -220,6 +220,7 @@ def train_scores(method: str, subject: Subject, state: Mapping[str, np.ndarray],
             opt.load_state_dict(ckpt["optimizer"])
             shuffle_gen.set_state(ckpt["shuffle"])
             sample_gen.set_state(ckpt["samples"])
+            torch_rng = ckpt.get("torch_rng")
             start, seconds = int(ckpt["iteration"]), float(ckpt["seconds"])
             loss_sum, correct, steps, seen = ckpt["meter"]
             meter_state = [torch.as_tensor(loss_sum, dtype=torch.float32).reshape(()),
@@ -233,7 +234,7 @@ def train_scores(method: str, subject: Subject, state: Mapping[str, np.ndarray],
                         "start", checkpoint, e)
             masker, opt = fresh()
             params = masker.params()
-            start, history, seconds, meter_state = 0, [], 0.0, None
+            start, history, seconds, meter_state, torch_rng = 0, [], 0.0, None, None
 
     def lr_at(it: int) -> float:
         if method == "edge-popup":  # cosine from lr to 0 over the run
@@ -246,33 +247,36 @@ def train_scores(method: str, subject: Subject, state: Mapping[str, np.ndarray],
     t0 = time.perf_counter()
     masker.net.train()  # BatchNorm uses batch statistics while the masks are learned
     perm = None
-    for it in range(start, total):
-        b = it % per_epoch
-        if b == 0 or perm is None:
-            if b != 0:
-                raise RuntimeError("checkpoints are taken at epoch boundaries only")
-            perm = torch.randperm(n, generator=shuffle_gen).to(device)
-        idx = perm[b * bs:(b + 1) * bs]
-        xb, yb = x[idx], y[idx]
-        for g in opt.param_groups:
-            g["lr"] = lr_at(it)
-        out = masker.forward(xb)
-        loss = F.cross_entropy(out, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        meter.step(it, loss, out, yb)
-        if checkpoint is not None and (it + 1) % per_epoch == 0 and it + 1 < total:
-            _save_checkpoint(checkpoint, {
-                "fingerprint": fingerprint, "total": total, "iteration": it + 1, "device": device_type,
-                "meter": meter.state(),
-                "scores": {nm: s.detach() for nm, s in zip(masker.names, params)},
-                "extras": {nm: t.detach() for nm, t in masker.trained.items()},
-                "optimizer": opt.state_dict(), "shuffle": shuffle_gen.get_state(),
-                "samples": sample_gen.get_state().cpu(),
-                "history": [[h["iteration"], h["loss"], h["train_accuracy"]] for h in history],
-                "seconds": seconds + time.perf_counter() - t0,
-            })
+    with seeded_torch(seed, device):  # dropout and other random layers of the model
+        if torch_rng is not None:
+            torch.set_rng_state(torch_rng)
+        for it in range(start, total):
+            b = it % per_epoch
+            if b == 0 or perm is None:
+                if b != 0:
+                    raise RuntimeError("checkpoints are taken at epoch boundaries only")
+                perm = torch.randperm(n, generator=shuffle_gen).to(device)
+            idx = perm[b * bs:(b + 1) * bs]
+            xb, yb = x[idx], y[idx]
+            for g in opt.param_groups:
+                g["lr"] = lr_at(it)
+            out = masker.forward(xb)
+            loss = F.cross_entropy(out, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            meter.step(it, loss, out, yb)
+            if checkpoint is not None and (it + 1) % per_epoch == 0 and it + 1 < total:
+                _save_checkpoint(checkpoint, {
+                    "fingerprint": fingerprint, "total": total, "iteration": it + 1, "device": device_type,
+                    "meter": meter.state(),
+                    "scores": {nm: s.detach() for nm, s in zip(masker.names, params)},
+                    "extras": {nm: t.detach() for nm, t in masker.trained.items()},
+                    "optimizer": opt.state_dict(), "shuffle": shuffle_gen.get_state(),
+                    "samples": sample_gen.get_state().cpu(), "torch_rng": torch.get_rng_state(),
+                    "history": [[h["iteration"], h["loss"], h["train_accuracy"]] for h in history],
+                    "seconds": seconds + time.perf_counter() - t0,
+                })
     meter.close()
     seconds += time.perf_counter() - t0
     scores = {nm: s.detach().cpu().numpy().astype(np.float32) for nm, s in zip(masker.names, params)}

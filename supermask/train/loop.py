@@ -17,7 +17,7 @@ from ..prediction import predict_classes
 from .meter import TrainMeter
 from .subject import Subject, forward, load_state, state_to_torch
 
-#: Batch size of the BatchNorm calibration passes.
+#: Largest batch of the BatchNorm calibration passes (the examples are split into equal batches).
 BN_BATCH = 250
 
 
@@ -26,13 +26,30 @@ def seed_of(seed: int, name: str) -> int:
     return int(rng.raw_words(seed, name, 1)[0] >> np.uint64(1))
 
 
+def seeded_torch(seed: int, device: str):
+    """A context in which torch's global generators (the ones dropout and other random layers
+    of a user's model draw from) start from the run's seed, restored afterwards."""
+    import torch
+
+    class _Ctx:
+        def __enter__(self):
+            devices = [torch.cuda.current_device()] if torch.device(device).type == "cuda" else []
+            self._fork = torch.random.fork_rng(devices=devices)
+            self._fork.__enter__()
+            torch.manual_seed(seed_of(seed, "model-randomness"))
+
+        def __exit__(self, *exc):
+            return self._fork.__exit__(*exc)
+
+    return _Ctx()
+
+
 def train_dense(subject: Subject, state: Mapping[str, np.ndarray], x, y, *, seed: int, lr: float, batch_size: int,
                 iterations: int | None, epochs: int | None, device: str,
                 progress: bool = True) -> tuple[dict[str, np.ndarray], dict]:
     """Train every parameter of the network from ``state`` with Adam on preprocessed ``x``/``y``
     (device tensors); return (every tensor after training, summary)."""
     import torch
-    from torch.nn import functional as F
 
     net = subject.module.to(device)
     load_state(net, state)
@@ -47,19 +64,8 @@ def train_dense(subject: Subject, state: Mapping[str, np.ndarray], x, y, *, seed
     meter = TrainMeter(total, "train", progress, device, history)
     t0 = time.perf_counter()
     net.train()
-    perm = None
-    for it in range(total):
-        b = it % per_epoch
-        if b == 0:
-            perm = torch.randperm(n, generator=gen).to(device)
-        idx = perm[b * bs:(b + 1) * bs]
-        xb, yb = x[idx], y[idx]
-        out = net(xb)
-        loss = F.cross_entropy(out, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        meter.step(it, loss, out, yb)
+    with seeded_torch(seed, device):
+        _dense_steps(net, opt, gen, x, y, n, bs, per_epoch, total, device, meter)
     meter.close()
     seconds = time.perf_counter() - t0
     tensors = {**dict(net.named_parameters()), **dict(net.named_buffers())}
@@ -74,6 +80,25 @@ def train_dense(subject: Subject, state: Mapping[str, np.ndarray], x, y, *, seed
         "history": history,
     }
     return final, summary
+
+
+def _dense_steps(net, opt, gen, x, y, n, bs, per_epoch, total, device, meter) -> None:
+    import torch
+    from torch.nn import functional as F
+
+    perm = None
+    for it in range(total):
+        b = it % per_epoch
+        if b == 0:
+            perm = torch.randperm(n, generator=gen).to(device)
+        idx = perm[b * bs:(b + 1) * bs]
+        xb, yb = x[idx], y[idx]
+        out = net(xb)
+        loss = F.cross_entropy(out, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        meter.step(it, loss, out, yb)
 
 
 def logits(subject: Subject, tensors: Mapping, x, batch: int = 2000) -> np.ndarray:
@@ -107,8 +132,9 @@ def calibration_indices(seed: int, n_available: int, n: int) -> np.ndarray:
 def batchnorm_statistics(subject: Subject, state: Mapping[str, np.ndarray], x_cal,
                          device: str) -> dict[str, np.ndarray]:
     """BatchNorm running means and variances of the network with ``state``: the average of the
-    batch statistics over ``x_cal`` in batches of :data:`BN_BATCH` (a cumulative average, as
-    torch computes with ``momentum=None``). Other layers run in eval mode (no dropout)."""
+    batch statistics over ``x_cal`` split into equal batches of at most :data:`BN_BATCH` (a
+    cumulative average, as torch computes with ``momentum=None``). Other layers run in eval
+    mode (no dropout)."""
     import torch
     from torch import nn
 
@@ -125,10 +151,16 @@ def batchnorm_statistics(subject: Subject, state: Mapping[str, np.ndarray], x_ca
             tensors[f"{prefix}running_mean"].zero_()
             tensors[f"{prefix}running_var"].fill_(1.0)
             tensors[f"{prefix}num_batches_tracked"] = torch.zeros((), dtype=torch.long, device=device)
+    n = int(x_cal.shape[0])
+    if n < 2:
+        raise ValueError("BatchNorm statistics need at least 2 calibration examples")
+    # Equal batches (sizes differ by at most one), so the plain average of the batch statistics
+    # weighs every example alike and no batch is too small for BatchNorm.
+    bounds = np.linspace(0, n, -(-n // BN_BATCH) + 1).round().astype(int)
     try:
         with torch.no_grad():
-            for i in range(0, x_cal.shape[0], BN_BATCH):
-                forward(net, tensors, x_cal[i:i + BN_BATCH])
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                forward(net, tensors, x_cal[a:b])
     finally:
         for m, momentum, training in saved:
             m.momentum = momentum

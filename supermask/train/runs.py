@@ -99,13 +99,16 @@ def _check_config(out: Path, cfg: FindConfig) -> set[str]:
 
 
 def is_complete(out: str | os.PathLike, cfg: FindConfig) -> bool:
-    """Whether ``out`` holds the finished run of ``cfg`` (its results, masks and config)."""
+    """Whether ``out`` holds the finished run of ``cfg`` in this version's layout (its results,
+    masks, stored tensors, model description and config). A run finished by an older version
+    is not complete: ``find`` evaluates it again (reusing its training) into the new layout."""
     out = Path(out)
     try:
         res, conf = _read_json(out / "results.json"), _read_json(out / "config.json")
     except RunError:
         return False
-    return res.get("run_hash") == conf.get("run_hash") == cfg.run_hash and (out / "masks.npz").is_file()
+    return (res.get("run_hash") == conf.get("run_hash") == cfg.run_hash and res.get("format") == RUN_FORMAT
+            and all((out / n).is_file() for n in ("masks.npz", "extras.npz", "model.json")))
 
 
 #: Keys and types every results row must have (``load_run`` checks them).

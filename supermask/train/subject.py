@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import inspect
 import json
 import math
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ class Subject:
             plans.append(TensorPlan(name, tuple(int(d) for d in t.shape), fate, kind, is_param))
         unused = [p for p in (include or ()) if p not in used_inc] + [p for p in exclude if p not in used_exc]
         if unused:
-            layers = [n.rsplit(".", 1)[0] for n, *_ in tensors if n.endswith(".weight")]
+            layers = [n for n, m in module.named_modules() if isinstance(m, MASKABLE)]
             raise ModelError(f"pattern {unused[0]!r} matches no Linear/Conv1d/Conv2d layer; the layers are: "
                              f"{', '.join(layers[:20])}{' ...' if len(layers) > 20 else ''}")
         if not any(p.fate == "masked" for p in plans):
@@ -154,9 +155,20 @@ class Subject:
         return any(p.fate == "statistic" for p in self.plans.values())
 
     def digest(self) -> str:
-        """16 hex digits naming the network's structure: tensor names, shapes, fates, owners."""
+        """16 hex digits naming the network: its tensors (names, shapes, fates), every submodule
+        (name, class, settings such as stride or activation), and the source code of the module
+        classes that are not torch's own, so a changed ``forward`` is a different network."""
         rows = [[p.name, list(p.shape), p.fate, p.module] for p in self.plans.values()]
-        text = json.dumps([type(self.module).__name__, rows], separators=(",", ":"))
+        modules = [[n, type(m).__qualname__, m.extra_repr()] for n, m in self.module.named_modules()]
+        sources = []
+        for cls in sorted({type(m) for m in self.module.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
+            if cls.__module__.split(".")[0] == "torch":
+                continue
+            try:
+                sources.append(inspect.getsource(cls))
+            except (OSError, TypeError):  # no source file (defined in a REPL): the structure must do
+                sources.append(f"{cls.__module__}.{cls.__qualname__}")
+        text = json.dumps([type(self.module).__name__, rows, modules, sources], separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def describe(self) -> list[dict]:

@@ -74,3 +74,64 @@ class OddLayer(nn.Module):
 
 def unexportable():
     return Unexportable()
+
+
+class Sigmoid(ResidualNet):
+    """The same tensors as ResidualNet, another computation."""
+
+    def forward(self, x):
+        y = torch.sigmoid(self.bn0(self.stem(x)))
+        z = self.pointwise(torch.sigmoid(self.bn1(self.depthwise(y))))
+        return self.fc(torch.flatten(self.pool(torch.sigmoid(y + z)), 1))
+
+
+def make_sigmoid(num_classes, input_shape):
+    return Sigmoid(input_shape[0], num_classes, input_shape[-1])
+
+
+class _Wrapped(nn.Module):
+    def __init__(self, inner, how):
+        super().__init__()
+        self.inner, self.how = inner, how
+
+    def forward(self, x):
+        if self.how == "wrong_input":
+            return self.inner(x.flatten(1))
+        if self.how == "padded":
+            return self.inner(F.pad(x, (0, 0, 0, 0)))
+        z = self.inner(x)
+        return {"three_d_output": lambda: z.unsqueeze(-1), "too_many_outputs": lambda: torch.cat([z, z], 1),
+                "tuple_output": lambda: (z, z)}[self.how]()
+
+
+def wrong_input(num_classes, input_shape):
+    return _Wrapped(make(num_classes, input_shape), "wrong_input")
+
+
+def three_d_output(num_classes, input_shape):
+    return _Wrapped(make(num_classes, input_shape), "three_d_output")
+
+
+def too_many_outputs(num_classes, input_shape):
+    return _Wrapped(make(num_classes, input_shape), "too_many_outputs")
+
+
+def tuple_output(num_classes, input_shape):
+    return _Wrapped(make(num_classes, input_shape), "tuple_output")
+
+
+def padded(num_classes, input_shape):
+    return _Wrapped(make(num_classes, input_shape), "padded")
+
+
+class WithDropout(ResidualNet):
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x):
+        return super().forward(self.drop(x))
+
+
+def with_dropout(num_classes, input_shape):
+    return WithDropout(input_shape[0], num_classes, input_shape[-1])
