@@ -25,7 +25,7 @@ import numpy as np
 
 from ..arch import Preprocess
 from ..errors import ModelError, SupermaskError
-from ..ticket3 import INPUT_NAME, OUTPUT_NAME, PLACEHOLDER
+from ..ticket3 import INPUT_NAME, OUTPUT_NAME, PLACEHOLDER, placeholder_names
 
 OPSET = 17
 #: IR version of the graphs written here: read by every onnxruntime >= 1.17.
@@ -221,7 +221,7 @@ def validate(graph: bytes, module, tensors: Mapping[str, np.ndarray], preprocess
     from ..train.data import preprocess_tensor
     from ..train.subject import forward
 
-    session, _, keep = graph_session(graph, {n: tensors[n] for n in _placeholder_names(graph)}, "cpu")
+    session, _, keep = graph_session(graph, {n: tensors[n] for n in placeholder_names(graph)}, "cpu")
     got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
     module = module.cpu().eval()
     with torch.inference_mode():
@@ -241,9 +241,3 @@ def validate(graph: bytes, module, tensors: Mapping[str, np.ndarray], preprocess
             f"on {x.shape[0]} fixed inputs, above the tolerance {tol:.3g}. The model may behave differently in "
             f"tracing (data-dependent Python control flow) or use an operation onnxruntime computes differently")
     return v
-
-
-def _placeholder_names(graph: bytes) -> list[str]:
-    from ..ticket3 import graph_tensors
-
-    return list(graph_tensors(graph)[0])

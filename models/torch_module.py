@@ -49,13 +49,11 @@ class Net(nn.Module):
 
 
 def preprocess(x: torch.Tensor | np.ndarray, arch: Architecture) -> torch.Tensor:
-    """Raw inputs (N, *input_shape), any real dtype -> preprocessed float32 tensor."""
-    x = torch.as_tensor(x).to(torch.float32)
-    p = arch.preprocess
-    shape = (1, len(p.mean)) + (1,) * (len(arch.input_shape) - 1)
-    mean = torch.tensor(p.mean, dtype=torch.float32, device=x.device).reshape(shape)
-    std = torch.tensor(p.std, dtype=torch.float32, device=x.device).reshape(shape)
-    return (x * p.scale - mean) / std
+    """Raw inputs (N, *input_shape), any real dtype -> preprocessed float32 tensor (the same
+    operations as every exported graph: :func:`supermask.train.data.preprocess_tensor`)."""
+    from ..train.data import preprocess_tensor
+
+    return preprocess_tensor(x, arch.preprocess)
 
 
 def build(arch: Architecture, weights: Mapping[str, np.ndarray] | None = None) -> Net:

@@ -466,15 +466,31 @@ def _load_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DatasetError(f"cannot read {path} as a .npz file: {e}") from e
     classes = _label_classes(path, ys, classes)
-    x = x.reshape(x.shape[0], *sample[split])
+    return _inputs(x, sample[split], path, f"x_{split}"), ys[split], classes
+
+
+def _inputs(x: np.ndarray, sample: tuple[int, ...], where: Path, key: str) -> np.ndarray:
+    """Checked inputs ``x`` reshaped to (N, *sample): uint8 as it is, any float as finite float32."""
+    x = x.reshape(x.shape[0], *sample)
     if x.dtype != np.uint8:
         with np.errstate(over="ignore"):
             x = x.astype(np.float32)  # float64 values beyond float32 become inf, caught next
         bad = int(x.size - np.count_nonzero(np.isfinite(x)))
         if bad:
-            raise DatasetError(f"{path}: x_{split} holds {bad} values that are NaN or infinite (as float32); "
+            raise DatasetError(f"{where}: {key} holds {bad} values that are NaN or infinite (as float32); "
                                "all values must be finite")
-    return np.ascontiguousarray(x), ys[split], classes
+    return np.ascontiguousarray(x)
+
+
+def _user_dataset(name: str, split: str, images: np.ndarray, labels: np.ndarray, classes) -> Dataset:
+    """A read-only data set of user data, with the preprocessing its dtype implies: 1/255 for
+    uint8, 1 for float; mean 0 and std 1 per channel (channels: dim 1 of images, else 1)."""
+    c = images.shape[1] if images.ndim == 4 else 1
+    scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
+    labels = labels.astype(np.int64)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return Dataset(name, split, images, labels, tuple(classes), Preprocess(scale, (0.0,) * c, (1.0,) * c))
 
 
 def _scan_split(folder: Path) -> list[tuple[str, Path]]:
@@ -559,12 +575,7 @@ def _load_path(name: str, split: str) -> Dataset:
         images, labels, classes = _load_npz(path, split)
     else:
         raise DatasetError(f"dataset path {name} does not exist; give {_LAYOUT}")
-    c = images.shape[1] if images.ndim == 4 else 1
-    scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
-    labels = labels.astype(np.int64)
-    images.setflags(write=False)
-    labels.setflags(write=False)
-    return Dataset(name, split, images, labels, classes, Preprocess(scale, (0.0,) * c, (1.0,) * c))
+    return _user_dataset(name, split, images, labels, classes)
 
 
 def from_arrays(x: np.ndarray, y: np.ndarray, *, split: str = "train", name: str = "arrays",
@@ -581,18 +592,7 @@ def from_arrays(x: np.ndarray, y: np.ndarray, *, split: str = "train", name: str
         if not classes or len(set(classes)) != len(classes):
             raise DatasetError(f"{where}: classes must be a non-empty list of unique names")
     classes = _label_classes(where, {split: y}, classes)
-    x = x.reshape(x.shape[0], *sample)
-    if x.dtype != np.uint8:
-        with np.errstate(over="ignore"):
-            x = x.astype(np.float32)
-        if not np.isfinite(x).all():
-            raise DatasetError(f"{where}: inputs hold NaN or infinite values (as float32); all must be finite")
-    x, y = np.ascontiguousarray(x), y.astype(np.int64)
-    x.setflags(write=False)
-    y.setflags(write=False)
-    c = x.shape[1] if x.ndim == 4 else 1
-    scale = 1.0 / 255.0 if x.dtype == np.uint8 else 1.0
-    return Dataset(name, split, x, y, classes, Preprocess(scale, (0.0,) * c, (1.0,) * c))
+    return _user_dataset(name, split, _inputs(x, sample, where, "inputs"), y, classes)
 
 
 # ------------------------------------------------------------------------------- load

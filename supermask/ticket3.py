@@ -186,6 +186,11 @@ def graph_tensors(graph: bytes) -> tuple[dict[str, tuple[int, ...]], tuple[int, 
     return shapes, tuple(inp.dims[1:]), classes
 
 
+def placeholder_names(graph: bytes) -> list[str]:
+    """The placeholders of a vetted ``graph``, in graph order (see :func:`graph_tensors`)."""
+    return list(graph_tensors(graph)[0])
+
+
 # ------------------------------------------------------------------------------- writing
 
 

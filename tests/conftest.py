@@ -38,8 +38,7 @@ def _missing_data(e: Exception):
     pytest.skip(f"real data not present ({e}); set SUPERMASK_REQUIRE_DATA=1 to make this a failure")
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item):
+def _skip_where_data_is_missing(item):
     from deploy_helpers import MissingTestData
 
     try:
@@ -48,11 +47,6 @@ def pytest_runtest_setup(item):
         _missing_data(e)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item):
-    from deploy_helpers import MissingTestData
-
-    try:
-        return (yield)
-    except MissingTestData as e:
-        _missing_data(e)
+# The same wrapper around fixture setup and around the test itself.
+pytest_runtest_setup = pytest.hookimpl(wrapper=True)(_skip_where_data_is_missing)
+pytest_runtest_call = pytest.hookimpl(wrapper=True)(_skip_where_data_is_missing)

@@ -12,15 +12,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .. import rng
+from ..ticket3 import weight_fans as fans  # noqa: F401  (the one fan rule, format.md 7.2)
 from . import criteria as crit
 from .config import INIT_VARIANTS, FindConfig
-
-
-def fans(shape: Sequence[int]) -> tuple[int, int]:
-    """(fan_in, fan_out) of a weight of ``shape``, as torch computes them: the second and first
-    dimension times the receptive field (a grouped convolution's fan_in counts one group)."""
-    rf = math.prod(shape[2:])
-    return shape[1] * rf, shape[0] * rf
 
 
 def kept_count(keep: float, n: int) -> int:

@@ -68,7 +68,7 @@ def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | Non
     """
     from ..export.torch_graph import export_graph, validate, validation_inputs
     from ..ticket import decode_ticket
-    from ..ticket3 import encode_v3
+    from ..ticket3 import encode_v3, placeholder_names
     from ..atomic import atomic_write
     from .data import load_model
     from .subject import Subject
@@ -112,7 +112,7 @@ def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | Non
     tensors = masked_state(weights, masks, {**constants, **stored}, factors)
     preprocess = Preprocess(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in info["preprocess"].items()})
     graph = export_graph(subject.module, tensors, info["input_shape"], preprocess)
-    used = _used(graph)
+    used = placeholder_names(graph)
     unused = [n for n in roles if n not in used]
     if unused:
         log.info("left out of the ticket (the graph does not use them): %s", ", ".join(unused))
@@ -142,9 +142,3 @@ def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | Non
             raise RunError(f"internal error: tensor {n!r} of the ticket differs from the run's; not written")
     atomic_write(out, data)
     return (ticket, check) if return_validation else ticket
-
-
-def _used(graph: bytes) -> list[str]:
-    from ..ticket3 import graph_tensors
-
-    return list(graph_tensors(graph)[0])
