@@ -326,3 +326,14 @@ def test_scalar_tensors_can_be_stored(lenet_graph):
 
     z = smr.load(t3, "cpu").logits(np.full((1, 1, 28, 28), 7, np.float32))
     assert z.shape == (1, 10)
+
+
+def test_format_md_lists_exactly_the_allowed_operators():
+    """Another reader is written from docs/format.md alone: its operator list is the code's."""
+    from supermask.ticket3 import ALLOWED_OPS
+
+    from helpers import REPO
+
+    text = (REPO / "docs" / "format.md").read_text()
+    block = text[text.index("only these operators"):].split("```")[1]
+    assert set(block.split()) == set(ALLOWED_OPS)
