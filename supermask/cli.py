@@ -8,6 +8,7 @@ exit status 1; usage errors exit with status 2 (click's convention).
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import click
@@ -21,12 +22,16 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except SupermaskError as e:
-            raise click.ClickException(str(e)) from None
+            err = click.ClickException(str(e))
+            err.exit_code = getattr(e, "exit_code", 1)  # 130 for an interrupted training, as for Ctrl-C
+            raise err from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="supermask")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-v", "--verbose", count=True,
+              help="More log output: -v adds other libraries' messages, -vv debug messages. By default "
+                   "supermask says what it does (info) and warns.")
 def main(verbose: int) -> None:
     """Compress networks into supermask tickets (seed + init spec + packed mask) and run them.
 
@@ -36,10 +41,25 @@ def main(verbose: int) -> None:
       supermask pack model.smask --run runs/fm --keep 0.1
       supermask inspect model.smask
     """
-    import logging
 
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormat())
+    level = logging.DEBUG if verbose >= 2 else logging.INFO
+    logging.basicConfig(level=level if verbose else logging.WARNING, handlers=[handler])  # other libraries
+    logging.getLogger("supermask").setLevel(level)
+
+
+class _LogFormat(logging.Formatter):
+    """Messages as a user reads them: what happened (info) or ``warning: ...``; debug lines
+    (-vv) also say where they come from."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {msg}"
+        if record.levelno <= logging.DEBUG:
+            return f"debug {record.name}: {msg}"
+        return msg
 
 
 def _human_bytes(n: int) -> str:

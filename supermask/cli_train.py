@@ -235,18 +235,22 @@ def format_results(res: dict) -> str:
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=str),
               help="A finished `supermask find` run directory.")
 @click.option("--criterion", type=click.Choice([*crit.CRITERIA, "edge-popup", "bernoulli"]), default=None,
-              help=f"Which masks: default the run's learned method, or {crit.DEFAULT_CRITERION} for a criteria run.")
+              help="Only masks of this criterion (a learned run has only its method's). Default: any.")
 @click.option("--keep", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Fraction kept. Default: the keep with the best accuracy in the run's results. "
-                   "Not for a bernoulli run, which holds one mask of a learned density.")
-@click.option("--init", "init", type=click.Choice(list(INIT_VARIANTS)), default="original",
-              show_default=True, help="Initial weights of the ticket: the run's own or their signed constants.")
+              help="Only masks of this keep fraction. Default: any. A bernoulli run holds one mask of a "
+                   "learned density; its printed value (e.g. 0.513108) also selects it.")
+@click.option("--init", "init", type=click.Choice(list(INIT_VARIANTS)), default=None,
+              help="Only this init variant: the run's own weights or their signed constants (criteria runs "
+                   "evaluate both; a learned run, only the weights it learned over). Default: either.")
 @click.option("--codec", type=click.Choice(["auto", *CODECS]), default="auto", show_default=True,
               help="Mask coding: auto picks the smaller of bitpack and entropy per tensor.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ticket summary as JSON.")
 def pack(ticket, run_dir, criterion, keep, init, codec, as_json):
     """Write one supermask of a find run as a ticket: seed, init spec, packed masks, the
     values it stores (BatchNorm statistics, trained biases) and the network's ONNX graph.
+
+    By default the run's most accurate supermask is packed, over every criterion, keep and init
+    variant it evaluated (ties: the sparser mask); --criterion, --keep and --init narrow the choice.
 
     The graph is exported from the run's model and checked in onnxruntime against the masked
     torch model on fixed inputs before anything is written.
@@ -260,7 +264,8 @@ def pack(ticket, run_dir, criterion, keep, init, codec, as_json):
         click.echo(json.dumps(s, indent=2))
     else:
         acc = s["metadata"].get("accuracy")
-        click.echo(f"wrote {ticket}: {s['file_bytes']:,} bytes, {t.criterion} keep {t.keep:g} ({init}), "
+        init = s["metadata"].get("init_variant", "original")
+        click.echo(f"wrote {ticket}: {s['file_bytes']:,} bytes, {t.criterion} keep {t.keep:.6g} ({init}), "
                    f"density {100 * s['density']:.2f} %"
                    + (f", accuracy {100 * acc:.2f} % in the run" if acc is not None else ""))
         click.echo(f"graph checked in onnxruntime: max |logit difference| {check.max_abs_diff:.3g} on "

@@ -73,15 +73,25 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
 def claim_folder(folder: str | os.PathLike, what: str, error: type[SupermaskError] = SupermaskError) -> Iterator[Path]:
     """Create ``folder`` if needed, hold its lock, and clear temporaries of killed writers."""
     folder = Path(folder)
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise error(f"cannot create the {what} {folder}: {e.strerror or e}; pick another --out") from None
-    with folder_lock(folder, what):
-        stale = remove_stale_temporaries(folder)
-        if stale:
-            log.info("removed %d temporary files left by an interrupted write in %s", len(stale), folder)
-        yield folder
+    try:
+        with folder_lock(folder, what):
+            stale = remove_stale_temporaries(folder)
+            if stale:
+                log.info("removed %d temporary files left by an interrupted write in %s", len(stale), folder)
+            yield folder
+    except BaseException:
+        # A command that failed before writing anything leaves no folder behind that it created.
+        if created:
+            with contextlib.suppress(OSError):
+                if [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+                    (folder / LOCK_NAME).unlink()
+                    folder.rmdir()
+        raise
 
 
 def _lock(fd: int) -> None:

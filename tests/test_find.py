@@ -21,7 +21,7 @@ from supermask.ticket import read_ticket  # noqa: E402
 from supermask.train import config as C  # noqa: E402
 from supermask.train import criteria as crit  # noqa: E402
 from supermask.train import find as TF  # noqa: E402
-from supermask.train import loop, masks as M, meter  # noqa: E402
+from supermask.train import loop, masks as M  # noqa: E402
 from supermask.train.data import to_tensors  # noqa: E402
 from supermask.train.pack import pack  # noqa: E402
 from supermask.train.runs import is_complete, load_npz, load_run, pick_row, run_masks  # noqa: E402
@@ -384,7 +384,8 @@ def _ticket_predictions(path: Path, ds, preprocess) -> np.ndarray:
 @pytest.mark.parametrize("init", ["original", "signed-constant"])
 def test_packed_ticket_reproduces_the_run_accuracy_exactly(tmp_path, digits_run, init):
     ticket = tmp_path / "m.smask"
-    r = run_cli("pack", ticket, "--run", digits_run, "--keep", 0.2, "--init", init)
+    r = run_cli("pack", ticket, "--run", digits_run, "--keep", 0.2, "--init", init,
+                "--criterion", "large_final_same_sign")
     assert r.exit_code == 0, r.output
     assert f"keep 0.2 ({init})" in r.output
     t = read_ticket(ticket)
@@ -437,10 +438,21 @@ def test_signed_constant_ticket_weights_are_sign_of_init_times_constant(tmp_path
 
 def test_pack_defaults_to_the_best_keep_and_checks_the_run(tmp_path, digits_run):
     res = json.loads((digits_run / "results.json").read_text())
-    best = max((r for r in res["rows"] if r["criterion"] == "large_final_same_sign" and r["init"] == "original"),
-               key=lambda r: r["correct"])
+    # by default: the run's most accurate supermask over every criterion, keep and init variant
+    best = max((r for r in res["rows"] if r["criterion"] != "dense"), key=lambda r: (r["correct"], -r["keep"]))
     t = pack(digits_run, tmp_path / "best.smask", codec="entropy")
-    assert t.keep == best["keep"] and {e.codec for e in t.tensors if e.role == "masked"} == {"entropy"}
+    assert (t.criterion, t.keep, t.metadata.get("init_variant", "original")) == (best["criterion"], best["keep"],
+                                                                                 best["init"])
+    assert t.metadata["accuracy"] == best["accuracy"] and {e.codec for e in t.tensors if e.role == "masked"} == {
+        "entropy"}
+    assert (best["criterion"], best["init"]) != ("large_final_same_sign", "original"), \
+        "this run's best row is another criterion or init, so the test shows that pack looks at all of them"
+    # narrowing: the best keep of one criterion and init
+    lfss = max((r for r in res["rows"] if r["criterion"] == "large_final_same_sign" and r["init"] == "original"),
+               key=lambda r: (r["correct"], -r["keep"]))
+    t = pack(digits_run, tmp_path / "lfss.smask", criterion="large_final_same_sign", init="original")
+    assert (t.criterion, t.keep) == ("large_final_same_sign", lfss["keep"])
+    assert "init_variant" not in t.metadata and t.metadata["accuracy"] == lfss["accuracy"]
     # another evaluated criterion and keep packs with that row's accuracy
     row = pick_row(res, "movement", 0.05, "original")
     t = pack(digits_run, tmp_path / "m.smask", keep=0.05, criterion="movement")
@@ -448,7 +460,7 @@ def test_pack_defaults_to_the_best_keep_and_checks_the_run(tmp_path, digits_run)
     # a keep that was not evaluated is an error now that lists the keeps the run has (docs/training.md;
     # a ticket needs the values the evaluation stored for its mask); it used to be recomputed from
     # the saved weights, without an accuracy
-    with pytest.raises(RunError, match=r"no results for criterion 'movement' .*at keep 0\.3") as e:
+    with pytest.raises(RunError, match=r"no results for criterion 'movement', keep 0\.3") as e:
         pack(digits_run, tmp_path / "k.smask", keep=0.3, criterion="movement")
     assert not (tmp_path / "k.smask").exists()
     r = run_cli("pack", tmp_path / "x.smask", "--run", tmp_path)
@@ -532,29 +544,26 @@ def test_cuda_training_gives_a_ticket_that_regenerates_on_cpu(tmp_path):
     assert dense["accuracy"] > 0.8
 
 
-def test_progress_bar_logs_every_tenth_without_a_terminal():
-    import io
-
-    stream = io.StringIO()
-    bar = meter.Progress(100, "train", stream=stream)
-    for i in range(1, 101):
-        bar.update(i, loss=0.5)
-    bar.close()
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 11 and lines[-1].startswith("train 100/100 (100 %) loss 0.5000")
-    silent = io.StringIO()
-    meter.Progress(10, "x", enabled=False, stream=silent).update(10)
-    assert silent.getvalue() == ""
-    # a slow loop (a conv net on the CPU) shows its rate with decimals, not "1 it/s"
-    slow = io.StringIO()
-    bar = meter.Progress(10, "x", stream=slow)
-    bar.start -= 8.0
-    bar.update(10)
-    assert re.search(r" 1\.2\d it/s$", slow.getvalue().rstrip()), slow.getvalue()
-
-
 @pytest.mark.skipif(cuda_available(), reason="checks the error without a GPU")
 def test_cuda_without_gpu_is_a_clear_error(tmp_path):
     r = run_cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--device", "cuda",
                 "--out", tmp_path / "r", "-q")
     assert r.exit_code == 1 and "--device cuda" in r.output and "no CUDA GPU" in r.output
+
+
+def test_a_find_that_fails_before_writing_leaves_no_folder(tmp_path, monkeypatch):
+    from supermask.train import find as find_module
+
+    def no_device(device):
+        raise SupermaskError("no such device")
+
+    monkeypatch.setattr(find_module, "resolve_device", no_device)
+    out = tmp_path / "new" / "run"
+    r = run_cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--iterations", "5", "--out", out, "-q")
+    assert r.exit_code == 1 and "no such device" in r.output
+    assert not out.exists()
+    # a folder that was there before stays, lock file and all
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    r = run_cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--iterations", "5", "--out", out, "-q")
+    assert r.exit_code == 1 and (out / "notes.txt").exists()

@@ -19,6 +19,7 @@ from supermask.cli import main  # noqa: E402
 from supermask.errors import RunError, TicketFormatError  # noqa: E402
 from supermask.train import config as C  # noqa: E402
 from supermask.train import learned as learn  # noqa: E402
+from supermask.train import resume  # noqa: E402
 from supermask.train import loop, masks as M  # noqa: E402
 from supermask.train.data import to_tensors  # noqa: E402
 from supermask.train.find import find  # noqa: E402
@@ -252,7 +253,7 @@ def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_scores(tmp_pa
     cfg = C.FindConfig(**({**EDGE, "keeps": (0.5,)} if which == "edge" else BERN))
     tag = "keep-0.5" if which == "edge" else "bernoulli"
     saves = []
-    real = learn._save_checkpoint
+    real = resume.write_checkpoint
 
     def killed_after_two_epochs(path, state):
         real(path, state)
@@ -260,12 +261,12 @@ def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_scores(tmp_pa
         if len(saves) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(learn, "_save_checkpoint", killed_after_two_epochs)
+    monkeypatch.setattr(resume, "write_checkpoint", killed_after_two_epochs)
     out = tmp_path / "r"
     with pytest.raises(KeyboardInterrupt):
         find(cfg, out, progress=False)
     assert (out / "scores" / f"{tag}.ckpt").is_file() and not (out / "scores" / f"{tag}.npz").exists()
-    monkeypatch.setattr(learn, "_save_checkpoint", real)
+    monkeypatch.setattr(resume, "write_checkpoint", real)
     find(cfg, out, progress=False)
     summary = json.loads((out / "scores" / f"{tag}.json").read_text())
     unbroken = json.loads((full / "scores" / f"{tag}.json").read_text())
@@ -286,18 +287,18 @@ def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_scores(tmp_pa
 def test_a_checkpoint_that_cannot_be_resumed_starts_the_stage_over(tmp_path, edge_run, monkeypatch, caplog,
                                                                    damage, message):
     cfg = C.FindConfig(**{**EDGE, "keeps": (0.5,)})
-    real = learn._save_checkpoint
+    real = resume.write_checkpoint
     damage = {k: torch.zeros(3, dtype=torch.uint8) if v == "state" else v for k, v in damage.items()}
 
     def killed_with_a_damaged_checkpoint(path, state):
         real(path, {**state, **damage})
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(learn, "_save_checkpoint", killed_with_a_damaged_checkpoint)
+    monkeypatch.setattr(resume, "write_checkpoint", killed_with_a_damaged_checkpoint)
     out = tmp_path / "r"
     with pytest.raises(KeyboardInterrupt):
         find(cfg, out, progress=False)
-    monkeypatch.setattr(learn, "_save_checkpoint", real)
+    monkeypatch.setattr(resume, "write_checkpoint", real)
     find(cfg, out, progress=False)
     assert message in caplog.text
     assert json.loads((out / "scores" / "keep-0.5.json").read_text())["resumed_at"] is None
@@ -320,8 +321,8 @@ def test_adding_a_keep_reuses_the_finished_ones(tmp_path, edge_run, monkeypatch)
 def test_pack_errors_for_learned_runs_are_clear(tmp_path, edge_run):
     with pytest.raises(RunError, match="learned its masks with --method edge-popup"):
         pack(edge_run, tmp_path / "a.smask", criterion="random")
-    with pytest.raises(RunError, match="applies to criteria runs only"):
-        pack(edge_run, tmp_path / "a.smask", init="signed-constant")
+    # edge-popup learned over signed constants: their signed constants are the same weights
+    assert pack(edge_run, tmp_path / "sc.smask", init="signed-constant", keep=0.5).keep == 0.5
     with pytest.raises(RunError, match="has keep 0.5, 0.1"):
         pack(edge_run, tmp_path / "a.smask", keep=0.3)
     assert not (tmp_path / "a.smask").exists()
@@ -336,6 +337,19 @@ def test_a_bernoulli_run_packs_its_one_mask_and_refuses_a_keep(tmp_path, bern_ru
     # the run's own density, as the report and benchmarks/check_tickets.py pass it, is its mask
     density = json.loads((bern_run / "results.json").read_text())["rows"][0]["keep"]
     assert pack(bern_run, tmp_path / "c.smask", keep=density).keep == density
+    # and so does the value pack and find print, 6 significant digits
+    assert f"{density:.6g}" != repr(density)
+    r = cli("pack", tmp_path / "d.smask", "--run", bern_run, "--keep", f"{density:.6g}")
+    assert r.exit_code == 0 and f"keep {density:.6g}" in r.output, r.output
+
+
+def test_pack_refuses_signed_constants_a_learned_run_never_evaluated(tmp_path):
+    run = tmp_path / "uniform"
+    find(C.FindConfig(**{**EDGE, "keeps": (0.5,), "epochs": 1, "init": "kaiming_uniform"}), run, progress=False)
+    # masks learned over Kaiming-uniform weights were never evaluated over their signed constants
+    with pytest.raises(RunError, match="learned its masks over kaiming_uniform weights and evaluated only those"):
+        pack(run, tmp_path / "a.smask", init="signed-constant")
+    assert not (tmp_path / "a.smask").exists()
 
 
 # ------------------------------------------------------------------------------- ticket version 2 (still read)

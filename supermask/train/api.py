@@ -22,21 +22,18 @@ class Run:
     def rows(self) -> list[dict]:
         return self.results["rows"]
 
-    def best(self, criterion: str | None = None, init: str = "original") -> dict:
-        """The most accurate results row of ``criterion`` (default: the run's method or
-        ``large_final_same_sign``) with ``init``."""
-        from . import criteria as crit
-        from .runs import pick_row
+    def best(self, criterion: str | None = None, init: str | None = None) -> dict:
+        """The most accurate supermask row, optionally of one ``criterion`` and ``init`` variant:
+        the row :meth:`pack` writes by default."""
+        from .runs import best_row
 
-        method = self.results["config"]["method"]
-        criterion = criterion or (method if method != "criteria" else crit.DEFAULT_CRITERION)
-        row = pick_row(self.results, criterion, None, init)
+        row = best_row(self.results, criterion, None, init)
         if row is None:
-            raise ValueError(f"no results for {criterion!r} with init {init!r}")
+            raise ValueError(f"no results for criterion {criterion!r} with init {init!r}")
         return row
 
     def pack(self, out: str | os.PathLike, *, criterion: str | None = None, keep: float | None = None,
-             init: str = "original", codec: str = "auto"):
+             init: str | None = None, codec: str = "auto"):
         """Write one supermask of this run as a ticket (see :func:`pack`)."""
         return pack(self.path, out, criterion=criterion, keep=keep, init=init, codec=codec, model=self.model)
 

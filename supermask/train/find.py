@@ -258,11 +258,13 @@ def _train_and_evaluate(cfg: FindConfig, inputs: _Inputs, out: Path, train_hashe
         state0 = subject.initial_state(cfg.seed, cfg.init_spec)
         w_final, summary = train_dense(subject, state0, x, y, seed=cfg.seed, lr=cfg.lr, batch_size=cfg.batch_size,
                                        iterations=cfg.iterations, epochs=cfg.epochs, device=device,
-                                       progress=progress)
+                                       progress=progress, checkpoint=out / "train.ckpt",
+                                       fingerprint=cfg.train_hash)
         del x, y
         save_npz(out / "weights.npz", w_final)  # before train.json, which marks the stage done
         summary["train_hash"] = cfg.train_hash
         atomic_write(train_json, _json(summary))
+        (out / "train.ckpt").unlink(missing_ok=True)
 
     ev = _Evaluator(cfg, inputs, device)
     base = _row_base(cfg)

@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 
 from .. import rng
-from ..atomic import atomic_open
 from .config import DENSITY_LEARNED, LEARNED_METHODS, METHODS  # noqa: F401  (re-exported)
 from .loop import seed_of, seeded_torch
+from .resume import Checkpoint, Resumed, restore, run_steps, say_resumed, set_torch_rng
 from .masks import fans, final_mask, kept_count, multiplier, scaled_masked  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -138,25 +138,6 @@ class _Masker:
         return forward(self.net, eff, x)
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    import torch
-
-    with atomic_open(path, "wb") as f:
-        torch.save(state, f)
-
-
-def _load_checkpoint(path: Path) -> dict | None:
-    """The checkpoint's tensors on the CPU (generator states must be CPU tensors; scores and
-    optimizer state move to the device when they are loaded)."""
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a damaged checkpoint only costs the work since the start
-        log.warning("ignoring unreadable checkpoint %s (%s); training this stage from the start", path, e)
-        return None
-
-
 def train_scores(method: str, subject: Subject, state: Mapping[str, np.ndarray], x, y, *, seed: int,
                  keep: float | None, lr: float, momentum: float, weight_decay: float, batch_size: int,
                  iterations: int | None, epochs: int | None, rescale: bool, device: str,
@@ -199,86 +180,61 @@ def train_scores(method: str, subject: Subject, state: Mapping[str, np.ndarray],
     sample_gen = torch.Generator(device=device)
     shuffle_gen = torch.Generator(device="cpu")
     masker, opt = fresh()
-    params = masker.params()
-    start, history, seconds, meter_state, torch_rng = 0, [], 0.0, None, None
-    ckpt = _load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.exists() else None
-    if ckpt is not None and (ckpt.get("fingerprint") != fingerprint or ckpt.get("total") != total):
-        log.warning("checkpoint %s belongs to another config; training this stage from the start", checkpoint)
-        ckpt = None
-    if ckpt is not None and ckpt.get("device") != device_type:
-        # generator states and the arithmetic differ between devices: no resuming across them
-        log.warning("checkpoint %s was written on %s, this run is on %s; training this stage from the start",
-                    checkpoint, ckpt.get("device"), device_type)
-        ckpt = None
-    if ckpt is not None:
+    resumed = Resumed()
+    ck = Checkpoint(checkpoint, fingerprint, total, device_type) if checkpoint is not None else None
+    saved = ck.load() if ck is not None else None
+    if saved is not None:
         try:
             with torch.no_grad():
-                for name, s in zip(masker.names, params):
-                    s.copy_(ckpt["scores"][name])
+                for name, sc in zip(masker.names, masker.params()):
+                    sc.copy_(saved["scores"][name])
                 for name, t in masker.trained.items():
-                    t.copy_(ckpt["extras"][name])
-            opt.load_state_dict(ckpt["optimizer"])
-            shuffle_gen.set_state(ckpt["shuffle"])
-            sample_gen.set_state(ckpt["samples"])
-            torch_rng = ckpt.get("torch_rng")
-            start, seconds = int(ckpt["iteration"]), float(ckpt["seconds"])
-            loss_sum, correct, steps, seen = ckpt["meter"]
-            meter_state = [torch.as_tensor(loss_sum, dtype=torch.float32).reshape(()),
-                           torch.as_tensor(correct, dtype=torch.int64).reshape(()), int(steps), int(seen)]
-            # Histories are stored flat (torch.load's weights-only mode takes no nested floats
-            # lists), as [iteration, loss, accuracy] triples.
-            history = [{"iteration": int(h[0]), "loss": float(h[1]), "train_accuracy": float(h[2])}
-                       for h in ckpt["history"]]
-        except Exception as e:  # a checkpoint that loads but does not fit costs only the work since the start
+                    t.copy_(saved["extras"][name])
+            resumed = restore(saved, opt, shuffle_gen)
+            sample_gen.set_state(saved["samples"])
+        except Exception as e:  # noqa: BLE001 - a checkpoint that loads but does not fit costs only the work
             log.warning("ignoring checkpoint %s that does not fit this run (%s); training this stage from the "
                         "start", checkpoint, e)
             masker, opt = fresh()
-            params = masker.params()
-            start, history, seconds, meter_state, torch_rng = 0, [], 0.0, None, None
+            resumed = Resumed()
+    params = masker.params()
 
     def lr_at(it: int) -> float:
         if method == "edge-popup":  # cosine from lr to 0 over the run
             return 0.5 * lr * (1.0 + math.cos(math.pi * it / total))
         return lr
 
-    meter = TrainMeter(total, label, progress, device, history)
-    if meter_state is not None:
-        meter.load_state(meter_state)  # the partial window, so a resumed history matches an unbroken one
-    t0 = time.perf_counter()
+    meter = TrainMeter(total, label, progress, device, resumed.history)
+    if resumed.meter is not None:
+        meter.load_state(resumed.meter)  # the partial window, so a resumed history matches an unbroken one
+    if ck is not None:
+        say_resumed(label, resumed.start, total, ck.path)
+
+    def step(it, xb, yb):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(it)
+        out = masker.forward(xb)
+        loss = F.cross_entropy(out, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        meter.step(it, loss, out, yb)
+
+    def snapshot() -> dict:
+        return {"scores": {nm: sc.detach() for nm, sc in zip(masker.names, params)},
+                "extras": {nm: t.detach() for nm, t in masker.trained.items()},
+                "samples": sample_gen.get_state().cpu()}
+
     masker.net.train()  # BatchNorm uses batch statistics while the masks are learned
-    perm = None
+    t0 = time.perf_counter()
     with seeded_torch(seed, device):  # dropout and other random layers of the model
-        if torch_rng is not None:
-            torch.set_rng_state(torch_rng)
-        for it in range(start, total):
-            b = it % per_epoch
-            if b == 0 or perm is None:
-                if b != 0:
-                    raise RuntimeError("checkpoints are taken at epoch boundaries only")
-                perm = torch.randperm(n, generator=shuffle_gen).to(device)
-            idx = perm[b * bs:(b + 1) * bs]
-            xb, yb = x[idx], y[idx]
-            for g in opt.param_groups:
-                g["lr"] = lr_at(it)
-            out = masker.forward(xb)
-            loss = F.cross_entropy(out, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            meter.step(it, loss, out, yb)
-            if checkpoint is not None and (it + 1) % per_epoch == 0 and it + 1 < total:
-                _save_checkpoint(checkpoint, {
-                    "fingerprint": fingerprint, "total": total, "iteration": it + 1, "device": device_type,
-                    "meter": meter.state(),
-                    "scores": {nm: s.detach() for nm, s in zip(masker.names, params)},
-                    "extras": {nm: t.detach() for nm, t in masker.trained.items()},
-                    "optimizer": opt.state_dict(), "shuffle": shuffle_gen.get_state(),
-                    "samples": sample_gen.get_state().cpu(), "torch_rng": torch.get_rng_state(),
-                    "history": [[h["iteration"], h["loss"], h["train_accuracy"]] for h in history],
-                    "seconds": seconds + time.perf_counter() - t0,
-                })
+        set_torch_rng(resumed, device)
+        seconds = run_steps(x=x, y=y, batch_size=bs, total=total, start=resumed.start, device=device,
+                            shuffle_gen=shuffle_gen, step=step, snapshot=snapshot, meter=meter, opt=opt,
+                            checkpoint=ck, seconds=resumed.seconds, label=label)
+    start = resumed.start
+    history = resumed.history
     meter.close()
-    seconds += time.perf_counter() - t0
     scores = {nm: s.detach().cpu().numpy().astype(np.float32) for nm, s in zip(masker.names, params)}
     extras = {nm: t.detach().cpu().numpy().astype(np.float32) for nm, t in masker.trained.items()}
     summary = {

@@ -7,7 +7,9 @@ is deterministic for a given torch build and thread count.
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -15,7 +17,10 @@ import numpy as np
 from .. import rng
 from ..prediction import predict_classes
 from .meter import TrainMeter
+from .resume import Checkpoint, Resumed, restore, run_steps, say_resumed, set_torch_rng
 from .subject import Subject, forward, load_state, state_to_torch
+
+log = logging.getLogger(__name__)
 
 #: Largest batch of the BatchNorm calibration passes (the examples are split into equal batches).
 BN_BATCH = 250
@@ -45,11 +50,16 @@ def seeded_torch(seed: int, device: str):
 
 
 def train_dense(subject: Subject, state: Mapping[str, np.ndarray], x, y, *, seed: int, lr: float, batch_size: int,
-                iterations: int | None, epochs: int | None, device: str,
-                progress: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+                iterations: int | None, epochs: int | None, device: str, progress: bool = True,
+                checkpoint: Path | None = None, fingerprint: str = "") -> tuple[dict[str, np.ndarray], dict]:
     """Train every parameter of the network from ``state`` with Adam on preprocessed ``x``/``y``
-    (device tensors); return (every tensor after training, summary)."""
+    (device tensors); return (every tensor after training, summary).
+
+    With ``checkpoint`` the training state is saved there after every epoch and on SIGINT/SIGTERM,
+    and read back on start when its ``fingerprint`` matches (:mod:`supermask.train.resume`).
+    """
     import torch
+    from torch.nn import functional as F
 
     net = subject.module.to(device)
     load_state(net, state)
@@ -60,45 +70,55 @@ def train_dense(subject: Subject, state: Mapping[str, np.ndarray], x, y, *, seed
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed_of(seed, "shuffle"))
-    history: list[dict] = []
-    meter = TrainMeter(total, "train", progress, device, history)
-    t0 = time.perf_counter()
-    net.train()
-    with seeded_torch(seed, device):
-        _dense_steps(net, opt, gen, x, y, n, bs, per_epoch, total, device, meter)
-    meter.close()
-    seconds = time.perf_counter() - t0
-    tensors = {**dict(net.named_parameters()), **dict(net.named_buffers())}
-    final = {n: tensors[n].detach().cpu().numpy().astype(np.float32) for n in subject.plans}
-    summary = {
-        "iterations": total,
-        "epochs": total / per_epoch,
-        "train_examples": n,
-        "device": device,
-        "seconds": seconds,
-        "iterations_per_second": total / seconds if seconds else None,
-        "history": history,
-    }
-    return final, summary
+    resumed = Resumed()
+    ck = Checkpoint(checkpoint, fingerprint, total, torch.device(device).type) if checkpoint is not None else None
+    saved = ck.load() if ck is not None else None
+    if saved is not None:
+        try:
+            net.load_state_dict(saved["model"])
+            resumed = restore(saved, opt, gen)
+        except Exception as e:  # noqa: BLE001 - a checkpoint that does not fit costs only the work since the start
+            log.warning("ignoring checkpoint %s that does not fit this run (%s); training from the start",
+                        checkpoint, e)
+            load_state(net, state)
+            opt = torch.optim.Adam(net.parameters(), lr=lr)
+            gen.manual_seed(seed_of(seed, "shuffle"))
+            resumed = Resumed()
+    meter = TrainMeter(total, "train", progress, device, resumed.history)
+    if resumed.meter is not None:
+        meter.load_state(resumed.meter)
+    if ck is not None:
+        say_resumed("train", resumed.start, total, ck.path)
 
-
-def _dense_steps(net, opt, gen, x, y, n, bs, per_epoch, total, device, meter) -> None:
-    import torch
-    from torch.nn import functional as F
-
-    perm = None
-    for it in range(total):
-        b = it % per_epoch
-        if b == 0:
-            perm = torch.randperm(n, generator=gen).to(device)
-        idx = perm[b * bs:(b + 1) * bs]
-        xb, yb = x[idx], y[idx]
+    def step(it, xb, yb):
         out = net(xb)
         loss = F.cross_entropy(out, yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         meter.step(it, loss, out, yb)
+
+    net.train()
+    t0 = time.perf_counter()
+    with seeded_torch(seed, device):
+        set_torch_rng(resumed, device)
+        seconds = run_steps(x=x, y=y, batch_size=bs, total=total, start=resumed.start, device=device,
+                            shuffle_gen=gen, step=step, snapshot=lambda: {"model": net.state_dict()}, meter=meter,
+                            opt=opt, checkpoint=ck, seconds=resumed.seconds, label="train")
+    meter.close()
+    tensors = {**dict(net.named_parameters()), **dict(net.named_buffers())}
+    final = {n: tensors[n].detach().cpu().numpy().astype(np.float32) for n in subject.plans}
+    summary = {
+        "iterations": total,
+        "epochs": total / per_epoch,
+        "resumed_at": resumed.start or None,
+        "train_examples": n,
+        "device": device,
+        "seconds": seconds,
+        "iterations_per_second": (total - resumed.start) / max(time.perf_counter() - t0, 1e-9),
+        "history": resumed.history,
+    }
+    return final, summary
 
 
 def logits(subject: Subject, tensors: Mapping, x, batch: int = 2000) -> np.ndarray:

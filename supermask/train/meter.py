@@ -1,4 +1,9 @@
-"""Progress bars and the running training meter (the meter imports torch lazily)."""
+"""Progress bars and the running training meter (the meter imports torch lazily).
+
+On a terminal the bar is tqdm's (elapsed, ETA, rate, refreshed a few times a second). When
+stderr is not a terminal (a log file, CI) a bar would fill the file with carriage returns, so
+a plain line is written at every tenth of the work instead, with the same figures.
+"""
 
 from __future__ import annotations
 
@@ -6,48 +11,79 @@ import sys
 import time
 
 
-class Progress:
-    """A one-line progress bar on stderr (a log line every 10 % when stderr is not a terminal)."""
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
 
-    def __init__(self, total: int, label: str, enabled: bool = True, stream=None):
-        self.total, self.label, self.enabled = total, label, enabled
+
+def _rate(rate: float, unit: str) -> str:
+    return f"{rate:,.0f} {unit}/s" if rate >= 10 else f"{rate:.2f} {unit}/s"  # slow loops need the digits
+
+
+class Progress:
+    """Progress of ``total`` units of work on stderr; ``update(done, **stats)`` says how far."""
+
+    def __init__(self, total: int, label: str, enabled: bool = True, stream=None, unit: str = "it"):
+        self.total, self.label, self.enabled, self.unit = total, label, enabled, unit
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start = time.perf_counter()
         self._last_decile = -1
+        self._bar = None
+        self._stats: dict[str, float] = {}
+        if enabled and self.tty:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=label, file=self.stream, unit=unit, dynamic_ncols=True,
+                             mininterval=0.25, leave=True)
 
     def update(self, done: int, **stats: float) -> None:
         if not self.enabled:
             return
+        self._stats = stats or self._stats
+        if self._bar is not None:
+            if stats:
+                self._bar.set_postfix({k: f"{v:.4f}" for k, v in stats.items()}, refresh=False)
+            self._bar.update(done - self._bar.n)
+            return
         frac = done / self.total if self.total else 1.0
-        rate = done / max(time.perf_counter() - self.start, 1e-9)
-        rate_s = f"{rate:,.0f}" if rate >= 10 else f"{rate:.2f}"  # slow loops (conv on a CPU) need the digits
-        extra = "  ".join(f"{k} {v:.4f}" for k, v in stats.items())
-        if self.tty:
-            bar = "#" * int(30 * frac)
-            self.stream.write(f"\r{self.label} [{bar:<30}] {done}/{self.total} {extra}  {rate_s} it/s")
-            self.stream.flush()
-        elif int(frac * 10) > self._last_decile:
-            self._last_decile = int(frac * 10)
-            self.stream.write(f"{self.label} {done}/{self.total} ({100 * frac:.0f} %) {extra}  {rate_s} it/s\n")
+        if int(frac * 10) <= self._last_decile:
+            return
+        self._last_decile = int(frac * 10)
+        elapsed = time.perf_counter() - self.start
+        rate = done / max(elapsed, 1e-9)
+        eta = (self.total - done) / rate if done else float("nan")
+        extra = "".join(f"  {k} {v:.4f}" for k, v in self._stats.items())
+        when = f"{_clock(elapsed)} elapsed" + (f", {_clock(eta)} left" if done < self.total and done else "")
+        self.stream.write(f"{self.label} {done}/{self.total} ({100 * frac:.0f} %){extra}  {_rate(rate, self.unit)}"
+                          f"  {when}\n")
+        self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled and self.tty:
-            self.stream.write("\n")
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def stats_every(total: int) -> int:
+    """Steps between two readings of the running loss and accuracy: about 20 readings in a short
+    run, one per 200 steps in a long one (each reading waits for the device)."""
+    return max(1, min(200, total // 20))
 
 
 class TrainMeter:
     """Running loss and accuracy of a training loop, for the progress bar and the history.
 
-    The sums stay on the device; one sync every ``every`` steps (and at the end) keeps a
-    loop as fast as a bare one.
+    The bar advances every step; the sums stay on the device and are read (one sync) every
+    :func:`stats_every` steps and at the end, which keeps a loop as fast as a bare one.
     """
 
     def __init__(self, total: int, label: str, progress: bool, device: str, history: list[dict],
-                 every: int = 200):
+                 every: int | None = None):
         import torch
 
-        self.total, self.every, self.history = total, every, history
+        self.total, self.history = total, history
+        self.every = every or stats_every(total)
         self.bar = Progress(total, label, progress)
         self.loss = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -65,6 +101,8 @@ class TrainMeter:
             self.loss.zero_()
             self.correct.zero_()
             self.steps = self.seen = 0
+        else:
+            self.bar.update(it + 1)
 
     def state(self) -> list:
         """The partial window (for a checkpoint): loss sum, correct count, steps, examples."""
@@ -74,6 +112,10 @@ class TrainMeter:
         self.loss.copy_(st[0])
         self.correct.copy_(st[1])
         self.steps, self.seen = int(st[2]), int(st[3])
+
+    def skip_to(self, done: int) -> None:
+        """Show a resumed loop's starting point on the bar."""
+        self.bar.update(done)
 
     def close(self) -> None:
         self.bar.close()

@@ -18,7 +18,7 @@ from ..errors import ModelError, RunError
 from . import criteria as crit
 from .config import DENSITY_LEARNED, LEARNED_METHODS, OBJECT_PREFIX
 from .masks import extra_key, learned_multipliers, masked_state, variant_init
-from .runs import load_npz, load_run, pick_row, run_masks
+from .runs import best_row, load_npz, load_run, run_masks
 
 log = logging.getLogger(__name__)
 
@@ -27,43 +27,48 @@ _FIXED_ROLES = {"bias": "zero", "norm_bias": "zero", "norm_weight": "one"}
 
 
 def _resolve(cfg, results, criterion, keep, init, run):
+    """The row to pack: the most accurate one matching what was asked (see :func:`best_row`)."""
     if cfg.learned:
-        criterion = criterion or cfg.method
-        if criterion != cfg.method:
+        if criterion not in (None, cfg.method):
             raise RunError(f"{run} learned its masks with --method {cfg.method}; it has no {criterion!r} masks "
                            f"(pack it with --criterion {cfg.method}, or pack a `--method criteria` run)")
-        if init != "original":
-            raise RunError(f"a learned mask goes with the weights it was learned over; --init {init} applies to "
-                           f"criteria runs only")
-        if keep is not None and cfg.method in DENSITY_LEARNED and pick_row(results, criterion, keep, init) is None:
+        criterion = cfg.method
+        if init == "signed-constant" and not cfg.init_for(keep).distribution == "signed_constant":
+            raise RunError(f"{run} learned its masks over {cfg.init_for(keep).scheme} weights and evaluated only "
+                           f"those: a learned mask goes with the weights it was learned over. --init signed-constant "
+                           f"is for criteria runs (which evaluate both); learn over signed constants with "
+                           f"`supermask find --method {cfg.method} --init signed_kaiming_constant`")
+        init = "original"  # over signed-constant weights, their signed constants are the same weights
+        if keep is not None and cfg.method in DENSITY_LEARNED and best_row(results, criterion, keep, init) is None:
             raise RunError(f"{run} learned its density with --method {cfg.method} and holds one mask "
-                           f"(keep {results['rows'][0]['keep']!r}); leave out --keep")
-    else:
-        criterion = criterion or crit.DEFAULT_CRITERION
+                           f"(keep {results['rows'][0]['keep']:.6g}); leave out --keep")
+    elif criterion is not None:
         if criterion in LEARNED_METHODS:
             raise RunError(f"{run} is a criteria run; learn {criterion} masks with `supermask find --method "
                            f"{criterion}`")
         crit.get(criterion)
-    row = pick_row(results, criterion, keep, init)
+    row = best_row(results, criterion, keep, init)
     if row is None:
-        have = sorted({r["keep"] for r in results["rows"] if r["criterion"] == criterion and r["init"] == init},
-                      reverse=True)
+        have = sorted({r["keep"] for r in results["rows"] if r["criterion"] != "dense"
+                       and criterion in (None, r["criterion"]) and init in (None, r["init"])}, reverse=True)
         how = (f"`supermask find --method {cfg.method} --keep ...`" if cfg.learned
                else "`supermask find --criteria ... --keep ...`")
-        raise RunError(f"{run} has no results for criterion {criterion!r} with init {init!r}"
-                       + (f" at keep {keep:g}" if keep is not None else "")
-                       + f"; it has keep {', '.join(f'{k:g}' for k in have) or 'none'} (evaluate others with {how})")
-    return criterion, row
+        asked = ", ".join(x for x in (criterion and f"criterion {criterion!r}", init and f"init {init!r}",
+                                      keep is not None and f"keep {keep:g}") if x)
+        raise RunError(f"{run} has no results for {asked}; it has keep {', '.join(f'{k:g}' for k in have) or 'none'}"
+                       f" (evaluate others with {how})")
+    return row["criterion"], row, row["init"]
 
 
 def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | None = None, keep: float | None = None,
-         init: str = "original", codec: str = "auto", model=None, return_validation: bool = False):
+         init: str | None = None, codec: str = "auto", model=None, return_validation: bool = False):
     """Write the ticket of one supermask of a finished run; return the parsed :class:`Ticket`
     (and the graph's :class:`~supermask.export.torch_graph.Validation` with ``return_validation``).
 
-    ``criterion=None`` means the run's learned method, or ``large_final_same_sign`` for a
-    criteria run. ``keep=None`` takes the keep with the best test accuracy in
-    ``results.json``. ``model`` is the run's network when it was given to the library as an
+    ``criterion``, ``keep`` and ``init`` (``original`` or ``signed-constant``) narrow the choice;
+    of the rows that match, the one with the best test accuracy in ``results.json`` is packed
+    (ties: the sparser mask). With none given that is the run's best supermask over every
+    criterion, keep and init variant it evaluated. ``model`` is the run's network when it was given to the library as an
     object; otherwise the run's config rebuilds it.
     """
     from ..export.torch_graph import export_graph, validate, validation_inputs
@@ -74,7 +79,7 @@ def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | Non
     from .subject import Subject
 
     cfg, info, results = load_run(run)
-    criterion, row = _resolve(cfg, results, criterion, keep, init, run)
+    criterion, row, init = _resolve(cfg, results, criterion, keep, init, run)
     keep = row["keep"]  # the run's own value, not the one typed (0.1 for 0.1000000000001)
     spec = (cfg.init_for(keep if cfg.method == "edge-popup" else None) if cfg.learned
             else variant_init(cfg, init))

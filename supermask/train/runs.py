@@ -161,15 +161,31 @@ def load_run(run: str | os.PathLike) -> tuple[FindConfig, dict, dict]:
     return cfg, info, results
 
 
-def pick_row(results: Mapping, criterion: str, keep: float | None, init: str) -> dict | None:
-    """The results row for (criterion, keep, init); ``keep=None`` picks the most accurate keep."""
-    rows = [r for r in results.get("rows", []) if r["criterion"] == criterion and r["init"] == init]
-    if keep is not None:
-        rows = [r for r in rows if math.isclose(r["keep"], keep, rel_tol=0, abs_tol=1e-12)]
+def _same_keep(a: float, b: float) -> bool:
+    """Keeps are equal when they agree to the 6 significant digits pack and find print (so a
+    learned density shown as 0.513108 selects 0.5131077...)."""
+    return math.isclose(a, b, rel_tol=0, abs_tol=1e-12) or f"{a:.6g}" == f"{b:.6g}"
+
+
+def best_row(results: Mapping, criterion: str | None = None, keep: float | None = None,
+             init: str | None = None) -> dict | None:
+    """The most accurate supermask row of a run among those matching the given criterion, keep
+    and init variant (None: any). Ties go to the sparser mask, then to the default criterion
+    and the original init. Dense rows are never picked."""
+    from .criteria import DEFAULT_CRITERION
+
+    rows = [r for r in results.get("rows", []) if r["criterion"] != "dense"
+            and (criterion is None or r["criterion"] == criterion) and (init is None or r["init"] == init)
+            and (keep is None or _same_keep(r["keep"], keep))]
     if not rows:
         return None
-    # Most accurate; ties to the sparser mask.
-    return max(rows, key=lambda r: (r["correct"], -r["keep"]))
+    return max(rows, key=lambda r: (r["correct"], -r["keep"], r["criterion"] == DEFAULT_CRITERION,
+                                    r["init"] == "original"))
+
+
+def pick_row(results: Mapping, criterion: str, keep: float | None, init: str) -> dict | None:
+    """The results row for (criterion, keep, init); ``keep=None`` picks the most accurate keep."""
+    return best_row(results, criterion, keep, init)
 
 
 def _check_info(info: dict) -> None:

@@ -85,13 +85,14 @@ def _sweep_locked(models, datasets, seeds, out: Path, data_dir, download, device
         if is_complete(out / name, cfg):
             entry["state"] = "done"
     save()
-    for entry, (name, cfg) in zip(manifest["runs"], plan):
+    total = len(plan)
+    for i, (entry, (name, cfg)) in enumerate(zip(manifest["runs"], plan), 1):
         if entry["state"] == "done":
-            log.info("%s is finished; skipping", name)
+            log.info("sweep: run %d of %d, %s, is finished; skipping", i, total, name)
             continue
         start = time.perf_counter()
         if progress:
-            log.warning("sweep: running %s", name)
+            log.info("sweep: run %d of %d: %s", i, total, name)
         find(cfg, out / name, data_dir=data_dir, download=download, device=device, progress=progress,
              threads=threads)
         entry["state"] = "done"
