@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-#: Accepted values of ``device``: ``auto`` tries CUDA and falls back to the CPU (with a note),
-#: ``cuda`` insists on CUDA and raises when it cannot have it, ``cpu`` never touches a GPU.
+#: Accepted values of ``device``: ``auto`` tries CUDA and falls back to the CPU (with a note
+#: that :func:`note_worth_showing` tells apart from the expected CPU-only case), ``cuda``
+#: insists on CUDA and raises when it cannot have it, ``cpu`` never touches a GPU.
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_BATCH_SIZE = 256
 
@@ -69,6 +70,20 @@ def cuda_available() -> bool:
     """True when the onnxruntime build has the CUDA provider (a GPU may still be missing;
     only a session shows that: see :attr:`Model.provider`)."""
     return CUDA in available_providers()
+
+
+def gpu_build_installed() -> bool:
+    """True when the installed onnxruntime is meant for a GPU: the onnxruntime-gpu
+    distribution is installed, or the build lists the CUDA provider."""
+    return "onnxruntime-gpu" in onnxruntime_distributions() or cuda_available()
+
+
+def note_worth_showing(note: str | None) -> bool:
+    """Whether a fallback ``note`` (see :attr:`Model.note`) is news to the person who ran
+    the command. Running on the CPU is what a CPU-only onnxruntime build is for, so there
+    the note is not shown (it is still logged at INFO level and kept in ``Model.note``);
+    with a GPU build installed, not getting CUDA is worth saying."""
+    return bool(note) and gpu_build_installed()
 
 
 def _cuda_missing_message(ort) -> str:

@@ -26,6 +26,7 @@ def evaluate_dataset(
     device: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
     limit: int | None = None,
+    threads: int | None = None,
 ) -> dict:
     """Test accuracy of a ticket on a named data set, computed by onnxruntime.
 
@@ -40,7 +41,7 @@ def evaluate_dataset(
 
     _ort()
     t0 = time.perf_counter()
-    model = load(ticket, device)
+    model = load(ticket, device, threads=threads)
     load_seconds = time.perf_counter() - t0
     ds = datasets.load(dataset, split, data_dir=data_dir, download=download)
     shape = tuple(ds.images.shape[1:])
@@ -71,6 +72,7 @@ def predict_files(
     *,
     device: str = "auto",
     top_k: int = 1,
+    threads: int | None = None,
 ) -> dict:
     """Class predictions for ``.npy`` arrays and image files.
 
@@ -81,7 +83,7 @@ def predict_files(
     """
     if not inputs:
         raise InputError("no inputs given")
-    model = load(ticket, device)
+    model = load(ticket, device, threads=threads)
     batches = [(str(p), read_input(p, model.input_shape)) for p in inputs]  # read all first: fail early
     k = max(1, min(int(top_k), len(model.classes)))
     rows = []

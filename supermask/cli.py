@@ -37,8 +37,8 @@ def main(verbose: int) -> None:
 
     \b
     Typical use:
-      supermask find --model lenet-300-100 --dataset fashion-mnist --out runs/fm
-      supermask pack model.smask --run runs/fm --keep 0.1
+      supermask find --model lenet-300-100 --dataset fashion-mnist -o runs/fm
+      supermask pack --run runs/fm --keep 0.1 -o model.smask
       supermask inspect model.smask
     """
 
@@ -66,28 +66,46 @@ def _human_bytes(n: int) -> str:
     return f"{n:,} B" if n < 10_000 else f"{n / 1024:,.1f} KiB" if n < 10 << 20 else f"{n / (1 << 20):,.1f} MiB"
 
 
-def format_summary(path: str, s: dict) -> str:
-    """Human-readable text of a ticket summary (see :meth:`Ticket.summary`)."""
+def _is_accuracy(key: str, value) -> bool:
+    return (key == "accuracy" or key.endswith("_accuracy")) and isinstance(value, float) and 0 <= value <= 1
+
+
+def format_accuracy(fraction: float) -> str:
+    """An accuracy for people to read: a percentage with two decimals (JSON keeps the fraction)."""
+    return f"{100 * fraction:.2f} %"
+
+
+def format_pairs(pairs: list[tuple[str, str]], gap: int = 2) -> list[str]:
+    """"key value" lines with every value starting in the same column, however long the keys."""
+    width = max((len(k) for k, _ in pairs), default=0) + gap
+    return [f"{k:<{width}}{v}".rstrip() for k, v in pairs]
+
+
+def format_summary(path: str, s: dict, extra: list[tuple[str, str]] = ()) -> str:
+    """Human-readable text of a ticket summary (see :meth:`Ticket.summary`); ``extra`` adds
+    (key, value) lines after the metadata, aligned with the rest."""
     shape = "x".join(map(str, s["input_shape"]))
     init = s["init"]
-    lines = [
-        f"ticket      {path}  ({s['file_bytes']:,} bytes, sha256 {s['sha256'][:16]})",
-        f"model       {s['architecture']}  input {shape}  {s['num_classes']} classes",
-        f"seed        {s['seed']}  generator {s['generator']['name']} v{s['generator']['version']}"
-        f"  init {init['scheme']} (gain^2 {init['gain_sq']:g})",
-        f"criterion   {s['criterion'] or '-'}  keep {s['keep'] if s['keep'] is not None else '-'}",
-        f"weights     {s['num_kept']:,} kept of {s['num_weights']:,} ({100 * (s['density'] or 0):.2f} %)"
-        f"  {s['bits_per_weight']:.3f} bits/weight (whole file)",
-        f"vs float32  {_human_bytes(s['dense_float32_bytes'])} dense -> {_human_bytes(s['file_bytes'])} ticket"
-        f"  ({s['compression_ratio']:.1f}x compression)",
-        f"bytes       {s['mask_bytes']:,} masks + {s['stored_bytes']:,} stored values + {s['overhead_bytes']:,} "
-        f"header, graph and checksum (format version {s['version']})"
-        + (f"; graph {s['graph']['bytes']:,} bytes, compressed with the header to {s['graph']['section_bytes']:,}"
-           if s["graph"] else ""),
+    pairs = [
+        ("ticket", f"{path}  ({s['file_bytes']:,} bytes, sha256 {s['sha256'][:16]})"),
+        ("model", f"{s['architecture']}  input {shape}  {s['num_classes']} classes"),
+        ("seed", f"{s['seed']}  generator {s['generator']['name']} v{s['generator']['version']}"
+                 f"  init {init['scheme']} (gain^2 {init['gain_sq']:g})"),
+        ("criterion", f"{s['criterion'] or '-'}  keep {s['keep'] if s['keep'] is not None else '-'}"),
+        ("weights", f"{s['num_kept']:,} kept of {s['num_weights']:,} ({100 * (s['density'] or 0):.2f} %)"
+                    f"  {s['bits_per_weight']:.3f} bits/weight (whole file)"),
+        ("vs float32", f"{_human_bytes(s['dense_float32_bytes'])} dense -> {_human_bytes(s['file_bytes'])} ticket"
+                       f"  ({s['compression_ratio']:.1f}x compression)"),
+        ("bytes", f"{s['mask_bytes']:,} masks + {s['stored_bytes']:,} stored values + {s['overhead_bytes']:,} "
+                  f"header, graph and checksum (format version {s['version']})"
+                  + (f"; graph {s['graph']['bytes']:,} bytes, compressed with the header to "
+                     f"{s['graph']['section_bytes']:,}" if s["graph"] else "")),
     ]
     for k, v in s["metadata"].items():
-        shown = f"{v:.6g}" if isinstance(v, float) else v
-        lines.append(f"{k:<11} {shown}" if len(k) < 12 else f"{k} {shown}")
+        shown = format_accuracy(v) if _is_accuracy(k, v) else f"{v:.6g}" if isinstance(v, float) else str(v)
+        pairs.append((str(k), shown))
+    pairs.extend(extra)
+    lines = format_pairs(pairs)
     scaled = any(t["multiplier"] != 1.0 for t in s["tensors"])
     rows = [("tensor", "shape", "role", "codec", "kept", "density", "bytes", "bits/w") + (("x",) if scaled else ())]
     for t in s["tensors"]:
@@ -106,7 +124,8 @@ def format_summary(path: str, s: dict) -> str:
 
 @main.command()
 @click.argument("ticket", type=click.Path(dir_okay=False, path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary as JSON (accuracies and densities as fractions, not percentages).")
 @click.option("--verify/--no-verify", default=False,
               help="Also regenerate every tensor from the seed and check it against the ticket's fingerprints.")
 def inspect(ticket: str, as_json: bool, verify: bool) -> None:
@@ -118,8 +137,11 @@ def inspect(ticket: str, as_json: bool, verify: bool) -> None:
         t.weights(verify=True)
     s = t.summary()
     s["verified"] = verify
-    click.echo(json.dumps(s, indent=2) if as_json else format_summary(ticket, s)
-               + ("\nverified    all regenerated tensors match their fingerprints" if verify else ""))
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+    else:
+        extra = [("verified", "all regenerated tensors match their fingerprints")] if verify else []
+        click.echo(format_summary(ticket, s, extra))
 
 
 def _register_commands() -> None:

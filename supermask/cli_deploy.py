@@ -13,28 +13,42 @@ import json
 import click
 
 from . import datasets
+from .cli_train import threads_option
 from .runtime.model import DEVICES  # torch- and onnxruntime-free at import time
 
 _DEVICE = click.Choice(list(DEVICES))
-_DEVICE_HELP = ("auto: CUDA when onnxruntime can use it, else the CPU (with a note); "
-                "cuda: fail unless CUDA is used; cpu: CPU only.")
+_DEVICE_HELP = ("auto: CUDA when onnxruntime can use it, else the CPU (with a note when a GPU build of "
+                "onnxruntime is installed but CUDA could not be used); cuda: fail unless CUDA is used; "
+                "cpu: CPU only.")
+_JSON_HELP = "Print the result as JSON (accuracies as fractions, not percentages)."
 
 
 def _note(result: dict) -> None:
-    if result.get("note"):
+    """Print why CUDA was not used, when that is news: with a GPU build of onnxruntime. On a
+    CPU-only build the CPU is the expected device, and the note only goes to the INFO log."""
+    from .runtime.model import note_worth_showing
+
+    if note_worth_showing(result.get("note")):
         click.echo(f"note: {result['note']}", err=True)
 
 
 @click.command()
 @click.argument("ticket", type=click.Path(dir_okay=False, path_type=str))
-@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=str),
-              help="The ONNX file to write.")
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="The ONNX file to write (required).")
+@click.option("--output", "output", type=click.Path(dir_okay=False, path_type=str), default=None, hidden=True,
+              help="Old name of -o/--out.")
 @click.option("--format", "fmt", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
               help="dense: plain initializers; sparse: each tensor (weights and biases) stored as "
                    "values + int64 indices when that is smaller.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def export(ticket: str, output: str, fmt: str, as_json: bool) -> None:
-    """Write a self-contained ONNX model of TICKET (input: raw pixels, output: logits)."""
+def export(ticket: str, out: str | None, output: str | None, fmt: str, as_json: bool) -> None:
+    """Write a self-contained ONNX model of TICKET (input: raw pixels, output: logits) to -o/--out."""
+    if out is None and output is None:
+        raise click.MissingParameter(param_hint="'-o' / '--out'", param_type="option")
+    if out is not None and output is not None and out != output:
+        raise click.UsageError(f"the output file is given twice (-o {out} and --output {output}); give -o/--out once")
+    output = out if out is not None else output
     try:
         from .export import export_ticket
     except ImportError as e:
@@ -65,14 +79,15 @@ def export(ticket: str, output: str, fmt: str, as_json: bool) -> None:
 @click.option("--device", type=_DEVICE, default="auto", show_default=True, help=_DEVICE_HELP)
 @click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N examples.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@threads_option("onnxruntime")
+@click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 def eval_(ticket: str, dataset: str, split: str, data_dir: str | None, download: bool, device: str,
-          batch_size: int, limit: int | None, as_json: bool) -> None:
+          batch_size: int, limit: int | None, threads: int | None, as_json: bool) -> None:
     """Test accuracy of TICKET on a data set, computed with onnxruntime."""
     from .runtime.tasks import evaluate_dataset
 
     r = evaluate_dataset(ticket, dataset, split=split, data_dir=data_dir, download=download, device=device,
-                         batch_size=batch_size, limit=limit)
+                         batch_size=batch_size, limit=limit, threads=threads)
     _note(r)
     if as_json:
         click.echo(json.dumps(r, indent=2))
@@ -93,12 +108,26 @@ def eval_(ticket: str, dataset: str, split: str, data_dir: str | None, download:
 @click.option("--device", type=_DEVICE, default="auto", show_default=True, help=_DEVICE_HELP)
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True,
               help="Also list the K most likely classes.")
-@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
-def predict(ticket: str, inputs: tuple[str, ...], device: str, top_k: int, as_json: bool) -> None:
-    """Predict classes for INPUTS: .npy arrays (one example or a batch) and image files."""
+@threads_option("onnxruntime")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the predictions as JSON (probabilities as fractions).")
+def predict(ticket: str, inputs: tuple[str, ...], device: str, top_k: int, threads: int | None,
+            as_json: bool) -> None:
+    """Predict classes for INPUTS: .npy arrays (one example or a batch) and image files.
+
+    \b
+    Inputs must have the ticket's input shape, which `supermask inspect TICKET` prints
+    ("input 1x28x28" is (1, 28, 28)):
+      .npy file    a batch of shape (N, *input_shape), or one example of shape input_shape;
+                   one-channel images may leave out the channel axis: (N, H, W) or (H, W)
+      image file   one example of exactly the input's height and width (not resized);
+                   colour is converted to the input's channels
+    Give raw values on the scale the model was trained on (the ticket applies its own
+    preprocessing). A file of another shape is an error that names the expected shape.
+    """
     from .runtime.tasks import predict_files
 
-    r = predict_files(ticket, list(inputs), device=device, top_k=top_k)
+    r = predict_files(ticket, list(inputs), device=device, top_k=top_k, threads=threads)
     _note(r)
     if as_json:
         click.echo(json.dumps(r, indent=2))

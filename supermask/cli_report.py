@@ -40,7 +40,7 @@ def _seeds(ctx, param, value):
               callback=_csv(list(datasets.DATASETS), datasets.is_path_dataset),
               help=f"Comma-separated data sets: {', '.join(datasets.DATASETS)}, or .npz files / image folders.")
 @click.option("--seeds", required=True, callback=_seeds, help="Comma-separated seeds, e.g. 0,1,2.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str),
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Sweep folder; each run goes to OUT/<model>-<dataset>-s<seed>.")
 @find_options
 def sweep(models, dataset_names, seeds, out, **opts):

@@ -44,16 +44,38 @@ def _numbers(ctx, param, value: str | None):
     return out
 
 
-def _float_list(ctx, param, value: str | None):
-    if value is None:
-        return None
+def parse_keeps(value: str) -> tuple[float, ...]:
+    """The fractions of weights to keep in a --keep value: one number or a comma-separated list,
+    each in (0, 1]. `find` and `pack` both parse --keep with this, so they accept the same text."""
     try:
         out = tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated fractions such as 0.5,0.2,0.1, got {value!r}") from None
+        raise click.BadParameter(f"expected a fraction in (0, 1] or a comma-separated list such as 0.5,0.2,0.1, "
+                                 f"got {value!r}") from None
     if not out or any(not 0 < v <= 1 for v in out):
         raise click.BadParameter(f"every keep value must be a fraction in (0, 1], got {value!r}")
     return out
+
+
+def _float_list(ctx, param, value: str | None):
+    return None if value is None else parse_keeps(value)
+
+
+def _one_keep(ctx, param, value: str | None):
+    if value is None:
+        return None
+    keeps = parse_keeps(value)
+    if len(keeps) != 1:
+        raise click.BadParameter(f"pack writes one ticket: give one keep, got {value!r}")
+    return keeps[0]
+
+
+THREADS_HELP = "CPU threads for {} (default: {}'s choice). 1 is often fastest on a busy machine."
+
+
+def threads_option(engine: str):
+    """--threads, the same on every command that computes: ``engine`` is torch or onnxruntime."""
+    return click.option("--threads", type=click.IntRange(1), default=None, help=THREADS_HELP.format(engine, engine))
 
 
 def _names(ctx, param, value: str | None):
@@ -122,7 +144,7 @@ def find_options(f):
                      help="Comma-separated criteria to evaluate, or 'all' (default: all): "
                           f"{', '.join(crit.CRITERIA)}."),
         click.option("--keep", "keeps", callback=_float_list, default=None,
-                     help="Comma-separated fractions of weights to keep "
+                     help="Fractions of weights to keep, each a fraction in (0, 1], comma-separated "
                           f"(default {','.join(map(str, DEFAULT_KEEPS))}); with edge-popup each keep is "
                           "one training. Not for bernoulli, which learns its density."),
         click.option("--affine", type=click.Choice(list(AFFINE)), default=None,
@@ -150,8 +172,7 @@ def find_options(f):
         click.option("--train-limit", type=click.IntRange(1), default=None, help="Train on the first N images only."),
         click.option("--test-limit", type=click.IntRange(1), default=None, help="Evaluate on the first N images only."),
         click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True),
-        click.option("--threads", type=click.IntRange(1), default=None,
-                     help="CPU threads for torch (default: torch's choice). 1 is often fastest on a busy machine."),
+        threads_option("torch"),
         click.option("--quiet", "-q", is_flag=True, help="No progress bars (and no summary table from find)."),
     ]
     for option in reversed(options):
@@ -178,7 +199,7 @@ def split_options(opts: dict) -> tuple[dict, dict]:
 @click.option("--dataset", required=True, help=DATASET_HELP.format(", ".join(datasets.DATASETS)))
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
               help="Seed of the initial weights (and the data order): the seed is the model.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=str), default=None,
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Run directory. Default: runs/<model>-<dataset>-s<seed>-<config hash>.")
 @find_options
 def find(model, dataset, seed, out, **opts):
@@ -231,23 +252,28 @@ def format_results(res: dict) -> str:
 
 
 @click.command()
-@click.argument("ticket", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("ticket", required=False, type=click.Path(dir_okay=False, path_type=str))
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="The ticket file to write (or give it as the TICKET argument).")
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=str),
               help="A finished `supermask find` run directory.")
 @click.option("--criterion", type=click.Choice([*crit.CRITERIA, "edge-popup", "bernoulli"]), default=None,
               help="Only masks of this criterion (a learned run has only its method's). Default: any.")
-@click.option("--keep", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Only masks of this keep fraction. Default: any. A bernoulli run holds one mask of a "
-                   "learned density; its printed value (e.g. 0.513108) also selects it.")
+@click.option("--keep", callback=_one_keep, default=None,
+              help="Only masks of this keep, a fraction in (0, 1]. Default: any. A bernoulli run holds one "
+                   "mask of a learned density; its printed value (e.g. 0.513108) also selects it.")
 @click.option("--init", "init", type=click.Choice(list(INIT_VARIANTS)), default=None,
               help="Only this init variant: the run's own weights or their signed constants (criteria runs "
                    "evaluate both; a learned run, only the weights it learned over). Default: either.")
 @click.option("--codec", type=click.Choice(["auto", *CODECS]), default="auto", show_default=True,
               help="Mask coding: auto picks the smaller of bitpack and entropy per tensor.")
-@click.option("--json", "as_json", is_flag=True, help="Print the ticket summary as JSON.")
-def pack(ticket, run_dir, criterion, keep, init, codec, as_json):
-    """Write one supermask of a find run as a ticket: seed, init spec, packed masks, the
-    values it stores (BatchNorm statistics, trained biases) and the network's ONNX graph.
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the ticket summary as JSON (accuracies and densities as fractions).")
+@threads_option("torch")
+def pack(ticket, out, run_dir, criterion, keep, init, codec, as_json, threads):
+    """Write one supermask of a find run as a ticket file (-o/--out, or TICKET): seed, init
+    spec, packed masks, the values it stores (BatchNorm statistics, trained biases) and the
+    network's ONNX graph.
 
     By default the run's most accurate supermask is packed, over every criterion, keep and init
     variant it evaluated (ties: the sparser mask); --criterion, --keep and --init narrow the choice.
@@ -255,6 +281,15 @@ def pack(ticket, run_dir, criterion, keep, init, codec, as_json):
     The graph is exported from the run's model and checked in onnxruntime against the masked
     torch model on fixed inputs before anything is written.
     """
+    if (ticket is None) == (out is None):
+        raise click.UsageError("give the ticket file to write once: as -o/--out FILE (or as the TICKET argument)"
+                               if ticket is None else
+                               f"the ticket file is given twice ({ticket} and -o {out}); give -o/--out FILE only")
+    ticket = ticket or out
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     from .train.pack import pack as run_pack
 
     t, check = run_pack(run_dir, ticket, criterion=criterion, keep=keep, init=init, codec=codec,

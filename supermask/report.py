@@ -23,6 +23,7 @@ import math
 import os
 import statistics
 import tempfile
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -74,12 +75,16 @@ def measure(run_dirs: Sequence[str | os.PathLike], *, artifacts: str | os.PathLi
     """
     from .export import export_ticket, fill_graph
     from .train.data import load_model
+    from .train.meter import Progress
     from .train.pack import pack
     from .train.runs import load_npz
 
     rows: list[dict] = []
     runs = check_runs(run_dirs)
-    with tempfile.TemporaryDirectory(prefix="supermask-report-") as tmp:
+    total = sum(len(results.get("rows", [])) for _, _, results in runs.values())
+    log.info("report: measuring %d rows of %d runs", total, len(runs))
+    bar = Progress(total, "report: measuring", progress)
+    with tempfile.TemporaryDirectory(prefix="supermask-report-") as tmp, _closing(bar):
         for run, (cfg, info, results) in runs.items():
             num_params = sum(math.prod(t["shape"]) for t in info["tensors"])
             num_weights = sum(math.prod(t["shape"]) for t in info["tensors"] if t["fate"] == "masked")
@@ -89,7 +94,7 @@ def measure(run_dirs: Sequence[str | os.PathLike], *, artifacts: str | os.PathLi
             graph = None
             # the dense row reuses the graph of a packed ticket, so it comes last
             todo = sorted(results.get("rows", []), key=lambda r: r["criterion"] == "dense")
-            for i, r in enumerate(todo):
+            for r in todo:
                 tag = f"{r['criterion']}-{r['init']}-{r['keep']:g}"
                 row = {k: r.get(k) for k in ("model", "dataset", "criterion", "init", "keep", "seed",
                                              "accuracy", "density")}
@@ -122,9 +127,21 @@ def measure(run_dirs: Sequence[str | os.PathLike], *, artifacts: str | os.PathLi
                         res = export_ticket(t, base / f"{tag}.{fmt}.onnx", fmt, check=False)
                         row[f"{fmt}_onnx_bytes"] = res.file_bytes
                 rows.append(row)
-                if progress and (i + 1) % 20 == 0:
-                    log.warning("report: %s: measured %d of %d rows", run.name, i + 1, len(todo))
+                bar.update(len(rows))
     return rows
+
+
+class _closing:
+    """Closes a progress bar however the block ends, so an error starts on a fresh line."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def __enter__(self):
+        return self.bar
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
 
 
 def _identity(cfg) -> dict:
@@ -174,7 +191,12 @@ def _group_key(r: dict) -> tuple:
 
 def aggregate(rows: Iterable[dict]) -> list[dict]:
     """Mean and min-max over seeds for each (model, dataset, selection, training config, criterion,
-    init, keep); a seed that appears twice in one group is a :class:`ReportError`."""
+    init, keep); a seed that appears twice in one group is a :class:`ReportError`.
+
+    A method that learns its density (bernoulli) reaches a slightly different density with each
+    seed; its seeds form one group whose ``keep`` and ``density`` are the means over the seeds,
+    with ``keep_min``/``keep_max`` and ``density_min``/``density_max`` giving the spread.
+    """
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[_group_key(r)].append(r)
@@ -190,9 +212,11 @@ def aggregate(rows: Iterable[dict]) -> list[dict]:
         agg = dict(zip((*TASK_FIELDS, "criterion", "init", "keep"), key))
         if agg["keep"] is None:  # a learned density: the mean over the seeds
             agg["keep"] = statistics.fmean(r["keep"] for r in rs)
+        keeps, dens = [float(r["keep"]) for r in rs], [float(r["density"]) for r in rs]
         agg.update(seeds=sorted(r["seed"] for r in rs), accuracy_mean=statistics.fmean(acc),
-                   accuracy_min=min(acc), accuracy_max=max(acc),
-                   density=statistics.fmean(r["density"] for r in rs), num_weights=rs[0]["num_weights"])
+                   accuracy_min=min(acc), accuracy_max=max(acc), keep_min=min(keeps), keep_max=max(keeps),
+                   density=statistics.fmean(dens), density_min=min(dens), density_max=max(dens),
+                   num_weights=rs[0]["num_weights"])
         for k in REPRESENTATIONS:
             vals = [r[k] for r in rs if r.get(k) is not None]
             agg[k] = max(vals) if vals else None  # the budget a user must plan for
@@ -228,8 +252,10 @@ def best_per_budget(aggs: Sequence[dict], budgets: Sequence[int] = BUDGETS) -> l
                 acc, _, a, codec, size = max(fits, key=lambda f: (f[0], f[1]))
                 out.append({"model": model, "dataset": dataset, "budget_bytes": budget, "criterion": a["criterion"],
                             "selection": a["selection"], "train_config": a["train_config"], "init": a["init"],
+                            "train_init": a["train_init"],
                             "keep": a["keep"], "codec": codec, "ticket_bytes": size,
-                            "accuracy_mean": acc, "accuracy_min": a["accuracy_min"], "accuracy_max": a["accuracy_max"]})
+                            "accuracy_mean": acc, "accuracy_min": a["accuracy_min"], "accuracy_max": a["accuracy_max"],
+                            "seeds": a["seeds"]})
     return out
 
 
@@ -267,42 +293,148 @@ def _kb(n: int | None) -> str:
     return "-" if n is None else f"{n / 1024:,.1f} KiB" if n < (1 << 20) else f"{n / (1 << 20):,.2f} MiB"
 
 
+def bytes_label(n: float) -> str:
+    """A size for an axis tick in the units of the report's tables (KiB = 1024 bytes, MiB =
+    1024 KiB): ``512 B``, ``4 KiB``, ``1.5 MiB``."""
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            v = n / scale
+            return f"{v:.0f} {unit}" if v >= 100 else f"{v:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def size_ticks(lo: float, hi: float, most: int = 8) -> list[float]:
+    """Tick positions (bytes) on a log size axis from ``lo`` to ``hi``: the powers of two, thinned
+    to at most ``most``, with the steps 1.5 times a power of two added when fewer than three fit."""
+    if not (0 < lo < hi) or not math.isfinite(hi):
+        return []
+    ks = range(math.floor(math.log2(lo)), math.ceil(math.log2(hi)) + 1)
+    ticks = [2.0**k for k in ks if lo <= 2.0**k <= hi]
+    if len(ticks) < 3:
+        ticks = sorted(ticks + [1.5 * 2.0**k for k in ks if lo <= 1.5 * 2.0**k <= hi])
+    step = math.ceil(len(ticks) / most) if ticks else 1
+    return ticks[::step]
+
+
+#: The smallest accuracy axis span, in percentage points: seed noise of a few tenths of a point
+#: must not fill the plot's height and look like a trend.
+MIN_ACCURACY_SPAN = 5.0
+
+
+def accuracy_limits(values: Iterable[float], min_span: float = MIN_ACCURACY_SPAN) -> tuple[float, float]:
+    """Limits of an accuracy axis (%) that hold every value with a margin and span at least
+    ``min_span`` points; a span widened to the minimum stays within 0-100 % (plus the margin)."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return 0.0, 100.0
+    lo, hi = min(values), max(values)
+    pad = max(0.05 * (hi - lo), 0.5)
+    lo, hi = lo - pad, hi + pad
+    if hi - lo < min_span:
+        mid = min(max((lo + hi) / 2, min_span / 2 - pad), 100 + pad - min_span / 2)
+        lo, hi = mid - min_span / 2, mid + min_span / 2
+    return lo, hi
+
+
+def init_label(train_init: str, variant: str) -> str:
+    """The init scheme a mask's weights really come from: the run's own scheme (``train_init``)
+    for the ``original`` variant, and its signed-constant form for ``signed-constant``."""
+    from .rng import SCHEMES
+
+    if variant == "original":
+        return train_init
+    if variant == "signed-constant":
+        if train_init not in SCHEMES:
+            return f"signed constant, signs of {train_init}"
+        distribution, rule = SCHEMES[train_init]
+        signed = f"signed_{rule}_constant"
+        return signed if distribution == "signed_constant" else f"{signed}, signs of {train_init}"
+    return variant
+
+
+def _wrap(text: str, width: int = 46) -> str:
+    """A legend label or title line broken into lines of at most ``width`` characters."""
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
+
+
+def _init_cell(a: dict) -> str:
+    """The init of a table row: the variant ``pack --init`` takes, and the scheme it means."""
+    if a["criterion"] == "dense":
+        return a["init"]
+    return f"{a['init']} ({init_label(a['train_init'], a['init']).split(',')[0]})"
+
+
+def _acc(a: dict) -> str:
+    """An accuracy cell: the mean, and the min-max over seeds only when there is more than one."""
+    if len(a["seeds"]) < 2:
+        return _pct(a["accuracy_mean"])
+    return f"{_pct(a['accuracy_mean'])} ({_pct(a['accuracy_min'])}-{_pct(a['accuracy_max'])})"
+
+
+def _seeds_text(seeds: Sequence[int]) -> str:
+    """``seed 0`` or ``3 seeds (0, 1, 2)``."""
+    seeds = sorted(seeds)
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"
+
+
+def _count_text(counts: Iterable[int]) -> str:
+    """``1 seed``, ``3 seeds`` or ``1-3 seeds`` for the seed counts of a plot's series."""
+    counts = set(counts)
+    lo, hi = min(counts), max(counts)
+    return f"{lo}-{hi} seeds" if lo != hi else "1 seed" if hi == 1 else f"{hi} seeds"
+
+
+def _learned_density(a: dict) -> bool:
+    return a.get("method") in DENSITY_LEARNED and a["criterion"] != "dense"
+
+
+def _keep_text(a: dict, header: bool = False) -> str:
+    """A keep for a table: a learned density is the mean over the seeds, so it says so."""
+    if not _learned_density(a):
+        return f"keep {a['keep']:g}" if header else f"{a['keep']:g}"
+    if len(a["seeds"]) < 2:
+        return f"learned keep {a['keep']:.4g}" if header else f"{a['keep']:.4g} (learned)"
+    spread = f"{a['keep_min']:.4g}-{a['keep_max']:.4g}"
+    if header:
+        return f"learned keep {a['keep']:.4g} (mean over {len(a['seeds'])} seeds, {spread})"
+    return f"{a['keep']:.4g} (learned; mean, {spread})"
+
+
 def _tables(aggs: list[dict], budgets: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table in the report."""
     tables = []
     for task, name, _ in _tasks(aggs):
         dense = [a for a in task if a["criterion"] == "dense"]
         seeds = sorted({s for a in task for s in a["seeds"]})
-        keeps = sorted({a["keep"] for a in task if a["criterion"] != "dense"}, reverse=True)
-        for init in sorted({a["init"] for a in task if a["criterion"] != "dense"}):
-            header = ["criterion"] + [f"keep {k:g}" for k in keeps]
+        masks = [a for a in task if a["criterion"] != "dense"]
+        keeps = sorted({a["keep"] for a in masks}, reverse=True)
+        for init in sorted({a["init"] for a in masks}):
+            header = ["criterion"] + [_keep_text(next(a for a in masks if a["keep"] == k), header=True)
+                                      for k in keeps]
             body = []
             if dense:
-                d = dense[0]
-                body.append(["dense, trained (all weights)"] + [
-                    f"{_pct(d['accuracy_mean'])} ({_pct(d['accuracy_min'])}-{_pct(d['accuracy_max'])})"] * len(keeps))
+                body.append(["dense, trained (all weights)"] + [_acc(dense[0])] * len(keeps))
             for c in sorted({a["criterion"] for a in task if a["init"] == init}):
                 cells = []
                 for k in keeps:
                     m = [a for a in task if a["criterion"] == c and a["init"] == init and a["keep"] == k]
-                    cells.append("-" if not m else
-                                 f"{_pct(m[0]['accuracy_mean'])} ({_pct(m[0]['accuracy_min'])}-{_pct(m[0]['accuracy_max'])})")
+                    cells.append(_acc(m[0]) if m else "-")
                 body.append([c] + cells)
-            tables.append((f"{name}, init {init}: test accuracy % of the untrained masked network, "
-                           f"mean (min-max) over seeds {', '.join(map(str, seeds))}", header, body))
+            spread = "" if len(seeds) < 2 else "mean (min-max) over "
+            tables.append((f"{name}, init {init_label(task[0]['train_init'], init)}: test accuracy % of the "
+                           f"untrained masked network, {spread}{_seeds_text(seeds)}", header, body))
         header = ["criterion", "init", "keep"] + list(REPRESENTATIONS.values()) + ["bits/weight (entropy)"]
         body = []
-        default = ([a for a in task if a["criterion"] == "large_final_same_sign"]
-                   or [a for a in task if a["criterion"] != "dense"])
+        default = ([a for a in task if a["criterion"] == "large_final_same_sign"] or masks)
         for a in dense + default:
             bpw = "-" if a["ticket_entropy_bytes"] is None else f"{8 * a['ticket_entropy_bytes'] / a['num_weights']:.3f}"
-            body.append([a["criterion"], a["init"], f"{a['keep']:g}"] + [_kb(a[k]) for k in REPRESENTATIONS] + [bpw])
-        tables.append((f"{name}: file size of each representation (largest over seeds)", header, body))
+            body.append([a["criterion"], _init_cell(a), _keep_text(a)] + [_kb(a[k]) for k in REPRESENTATIONS] + [bpw])
+        largest = "" if len(seeds) < 2 else " (largest over seeds)"
+        tables.append((f"{name}: file size of each representation{largest}", header, body))
     header = ["model", "dataset", "budget", "selection", "criterion", "init", "keep", "codec", "ticket",
-              "accuracy %, mean (min-max)"]
-    body = [[b["model"], b["dataset"], _kb(b["budget_bytes"]), b["selection"], b["criterion"], b["init"],
-             f"{b['keep']:g}", b["codec"],
-             _kb(b["ticket_bytes"]), f"{_pct(b['accuracy_mean'])} ({_pct(b['accuracy_min'])}-{_pct(b['accuracy_max'])})"]
+              "accuracy %: mean (min-max) over seeds", "seeds"]
+    body = [[b["model"], b["dataset"], _kb(b["budget_bytes"]), b["selection"], b["criterion"], _init_cell(b),
+             f"{b['keep']:.4g}", b["codec"], _kb(b["ticket_bytes"]), _acc(b), str(len(b["seeds"]))]
             for b in budgets]
     tables.append(("Best ticket per size budget", header, body))
     return tables
@@ -329,130 +461,242 @@ def require_matplotlib() -> None:
                           f"pip install 'supermask[report]'") from None
 
 
-def _plots(aggs: list[dict]) -> dict[str, bytes]:
-    """PNG bytes by file name."""
+def _dense_reference(aggs: Sequence[dict], task: Sequence[dict]) -> tuple[dict, bool] | None:
+    """The dense, trained row to draw as a reference on a task's plots, and whether it comes
+    from another run of the same model and data set (a learned run trains no dense network)."""
+    own = [a for a in task if a["criterion"] == "dense"]
+    if own:
+        return own[0], False
+    here = (task[0]["model"], task[0]["dataset"])
+    other = [a for a in aggs if a["criterion"] == "dense" and (a["model"], a["dataset"]) == here]
+    return (max(other, key=lambda a: len(a["seeds"])), True) if other else None
+
+
+def _draw_dense(ax, ref: tuple[dict, bool] | None, linestyle: str, extra: str = "") -> list[float]:
+    """Draw the dense reference line (with its min-max band over seeds); return its values."""
+    if ref is None:
+        return []
+    d, borrowed = ref
+    n = len(d["seeds"])
+    label = "dense, trained" + (" (criteria run)" if borrowed else "") + extra
+    label += f": {_pct(d['accuracy_mean'])} %" + ("" if n < 2 else f", mean of {n} seeds")
+    ax.axhline(100 * d["accuracy_mean"], color="black", linestyle=linestyle, linewidth=1.2, label=_wrap(label))
+    if n > 1:
+        ax.axhspan(100 * d["accuracy_min"], 100 * d["accuracy_max"], color="black", alpha=0.08)
+    return [100 * d["accuracy_mean"], 100 * d["accuracy_min"], 100 * d["accuracy_max"]]
+
+
+def _keep_figure(aggs, task, name, init, plt):
+    """Accuracy against keep for one task and init variant, every criterion."""
+    crits = sorted({a["criterion"] for a in task if a["criterion"] != "dense"})
+    cmap = plt.get_cmap("viridis")
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    ys: list[float] = []
+    counts: set[int] = set()
+    band = bars = learned = False
+    for i, c in enumerate(crits):
+        pts = sorted((a for a in task if a["criterion"] == c and a["init"] == init), key=lambda a: a["keep"])
+        if not pts:
+            continue
+        counts |= {len(a["seeds"]) for a in pts}
+        x = [100 * a["keep"] for a in pts]
+        mean = [100 * a["accuracy_mean"] for a in pts]
+        lo, hi = [100 * a["accuracy_min"] for a in pts], [100 * a["accuracy_max"] for a in pts]
+        ys += mean + lo + hi
+        colour = cmap(i / max(1, len(crits) - 1) * 0.9)
+        ax.plot(x, mean, color=colour, marker=_MARKERS[i % len(_MARKERS)], linestyle=_STYLES[i % len(_STYLES)],
+                linewidth=1.6 if c == "large_final_same_sign" else 1.0, label=c)
+        if not any(len(a["seeds"]) > 1 for a in pts):
+            continue
+        spread_keep = any(_learned_density(a) for a in pts)
+        learned |= spread_keep
+        if len(pts) > 1:
+            band = True
+            ax.fill_between(x, lo, hi, color=colour, alpha=0.15, linewidth=0)
+        else:  # a lone point (one learned density) has no band to draw: bars instead
+            bars = True
+        if spread_keep or len(pts) == 1:
+            ax.errorbar(x, mean, xerr=[[100 * (a["keep"] - a["keep_min"]) for a in pts],
+                                       [100 * (a["keep_max"] - a["keep"]) for a in pts]] if spread_keep else None,
+                        yerr=None if len(pts) > 1 else [[m - y for m, y in zip(mean, lo)], [y - m for m, y in zip(mean, hi)]],
+                        fmt="none", ecolor=colour, capsize=4, linewidth=1.0)
+    ys += _draw_dense(ax, _dense_reference(aggs, task), "--")
+    ax.set_ylim(*accuracy_limits(ys))
+    ax.set_xscale("log")
+    ticks = sorted({100 * a["keep"] for a in task if a["criterion"] != "dense"})
+    ax.set_xticks(ticks)
+    ax.set_xticks([], minor=True)
+    ax.set_xticklabels([f"{t:.3g}" for t in ticks])
+    if ticks and max(ticks) < 2 * min(ticks):  # one learned density: room to see its spread
+        ax.set_xlim(min(ticks) / 1.5, max(ticks) * 1.5)
+    ax.set_xlabel("weights kept (%, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    if max(counts, default=1) < 2:
+        note = "one seed"
+    else:
+        note = f"mean over {_count_text(counts)}"
+        if band:
+            note += "; band: min-max over seeds"
+        if bars:
+            note += "; bars: min-max over seeds"
+        if learned:
+            note += "; keep: mean of the densities the seeds learned"
+    note = _wrap(f"({note})", 72)
+    title = _wrap(f"{name}: untrained supermasks, init {init_label(task[0]['train_init'], init)}", 72)
+    ax.set_title(f"{title}\n{note}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _size_figure(aggs, task, name, plt):
+    """Accuracy against file size for one task: every representation of every row."""
+    cmap = plt.get_cmap("viridis")
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    points = []
+    for j, (key, label) in enumerate(REPRESENTATIONS.items()):
+        pts = [(a[key], 100 * a["accuracy_mean"]) for a in task if a.get(key) is not None]
+        if not pts:
+            continue
+        points += pts
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=18, marker=_MARKERS[j],
+                   color=cmap(j / (len(REPRESENTATIONS) - 1) * 0.9), label=label, alpha=0.8,
+                   edgecolors="black", linewidths=0.3)
+    f = frontier(points)
+    if f:
+        xs, ys = [p[0] for p in f], [p[1] for p in f]
+        ax.step(xs + [max(p[0] for p in points)], ys + [ys[-1]], where="post", color="black", linewidth=1.2,
+                label="size-accuracy frontier")
+    _size_axes(fig, ax, "file size (bytes, log scale; KiB = 1024 B)",
+               f"{name}: accuracy against file size, every criterion, init and keep", 8,
+               [p[1] for p in points], {len(a["seeds"]) for a in task})
+    return fig
+
+
+def overlapping(points: Sequence[tuple[str, float, float]], radius: float) -> list[int]:
+    """Indices of the points (series, x, y in display pixels) that lie within ``radius`` pixels of
+    an earlier point of another series: markers a reader could not tell apart without a label."""
+    out = []
+    for i, (series, x, y) in enumerate(points):
+        if any(s != series and math.hypot(x - px, y - py) < radius for s, px, py in points[:i]):
+            out.append(i)
+    return out
+
+
+def _ticket_figure(model, dataset, here, plt):
+    """Accuracy against ticket size (the smaller codec) for every mask series of one (model,
+    dataset), learned and heuristic together; None when no row has a ticket."""
+    series: dict[tuple, list[dict]] = defaultdict(list)
+    for a in here:
+        if a["criterion"] != "dense" and a.get("ticket_entropy_bytes") is not None:
+            series[(a["criterion"], a["init"], a["train_config"], a["train_init"])].append(a)
+    if not series:
+        return None
+    configs = defaultdict(set)
+    for c, _, tc, _ in series:
+        configs[c].add(tc)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    colours = plt.get_cmap("tab10")
+    learned_i = 0
+    marked = []  # (series, colour, size, accuracy, points in the series) of every marker drawn
+    ys: list[float] = []
+    for (c, init, tc, train_init), pts in sorted(series.items(), key=lambda kv: (kv[0][0] in LEARNED_METHODS, kv[0])):
+        pts = sorted(pts, key=lambda a: min(a["ticket_bitpack_bytes"], a["ticket_entropy_bytes"]))
+        x = [min(a["ticket_bitpack_bytes"], a["ticket_entropy_bytes"]) for a in pts]
+        y = [100 * a["accuracy_mean"] for a in pts]
+        ys += y
+        label = f"{c} ({init_label(train_init, init)})"
+        if len(configs[c]) > 1:
+            label += f" [{tc[:8]}]"
+        if any(_learned_density(a) and len(a["seeds"]) > 1 for a in pts):
+            label += f", keep: mean of {_count_text(len(a['seeds']) for a in pts)}' learned densities"
+        label = _wrap(label)
+        if c in LEARNED_METHODS:
+            colour = colours(learned_i % 10)
+            lone = len(pts) == 1  # one learned density: a ring, which stays visible over another marker
+            ax.plot(x, y, marker="oD^v"[learned_i % 4], markersize=11 if lone else 7 - 2 * (c == "edge-popup"),
+                    markerfacecolor="none" if lone else colour, markeredgewidth=2 if lone else 1,
+                    linewidth=2, color=colour, label=label, zorder=4 - (c == "edge-popup"))
+            learned_i += 1
+        elif c == "large_final_same_sign":
+            colour = "black" if init == "original" else "dimgray"
+            ax.plot(x, y, marker="s", linewidth=1.4, linestyle="--", label=label, zorder=2, color=colour)
+        else:
+            ax.plot(x, y, linewidth=0.8, color="silver", alpha=0.8, zorder=1)
+            continue
+        marked += [(c, colour, xi, yi, len(pts)) for xi, yi in zip(x, y)]
+    if any(a["criterion"] not in LEARNED_METHODS and a["criterion"] not in ("dense", "large_final_same_sign")
+           for s in series.values() for a in s):
+        ax.plot([], [], linewidth=0.8, color="silver", label="other criteria")
+    dense = [a for a in here if a["criterion"] == "dense"]
+    ys += _draw_dense(ax, (dense[0], False) if dense else None, ":",
+                      f" ({_kb(dense[0]['dense_onnx_bytes'])} ONNX)" if dense else "")
+    _size_axes(fig, ax, "ticket size (bytes, smaller codec, log scale; KiB = 1024 B)",
+               f"{model} on {dataset}: learned and heuristic supermasks by ticket size", 7, ys,
+               {len(a["seeds"]) for s in series.values() for a in s})
+    # markers that would hide one another get their series' name beside them; the longest
+    # series come first, so the label goes to the lone or shorter one
+    marked.sort(key=lambda m: -m[4])
+    pixels = [(m[0], *ax.transData.transform((m[2], m[3]))) for m in marked]
+    box = ax.get_window_extent()
+    for k, i in enumerate(overlapping(pixels, radius=7 * fig.dpi / 72)):
+        c, colour, x, y, _ = marked[i]
+        left = pixels[i][1] > (box.x0 + box.x1) / 2
+        ax.annotate(c, (x, y), xytext=(-16 if left else 16, -20 - 10 * k), textcoords="offset points",
+                    ha="right" if left else "left", va="top", fontsize=7, color=colour,
+                    arrowprops=dict(arrowstyle="-", color=colour, linewidth=0.8))
+    return fig
+
+
+def _size_axes(fig, ax, xlabel: str, title: str, legend_size: int, ys: Sequence[float], counts: set[int]) -> None:
+    """Finish a plot of accuracy against a size: log size axis with byte ticks, an accuracy axis
+    at least MIN_ACCURACY_SPAN points high, labels, legend."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    ticks = size_ticks(lo, hi)
+    if ticks:
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: bytes_label(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(*accuracy_limits(ys))
+    ax.set_xlabel(xlabel)
+    n = max(counts, default=1)
+    ax.set_ylabel("test accuracy (%)" if n < 2 else f"test accuracy (%, mean over {_count_text(counts)})")
+    ax.set_title(_wrap(title, 72), fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=legend_size, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
+
+
+def figures(aggs: list[dict]):
+    """Yield (PNG file name, matplotlib figure) for every plot of the report; the caller closes
+    each figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    out: dict[str, bytes] = {}
     for task, name, stem in _tasks(aggs):
-        dense = [a for a in task if a["criterion"] == "dense"]
-        crits = sorted({a["criterion"] for a in task if a["criterion"] != "dense"})
-        cmap = plt.get_cmap("viridis")
         for init in sorted({a["init"] for a in task if a["criterion"] != "dense"}):
-            fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-            for i, c in enumerate(crits):
-                pts = sorted((a for a in task if a["criterion"] == c and a["init"] == init), key=lambda a: a["keep"])
-                if not pts:
-                    continue
-                x = [100 * a["keep"] for a in pts]
-                colour = cmap(i / max(1, len(crits) - 1) * 0.9)
-                ax.plot(x, [100 * a["accuracy_mean"] for a in pts], color=colour, marker=_MARKERS[i % len(_MARKERS)],
-                        linestyle=_STYLES[i % len(_STYLES)], linewidth=1.6 if c == "large_final_same_sign" else 1.0,
-                        label=c)
-                ax.fill_between(x, [100 * a["accuracy_min"] for a in pts], [100 * a["accuracy_max"] for a in pts],
-                                color=colour, alpha=0.15, linewidth=0)
-            if dense:
-                d = dense[0]
-                ax.axhline(100 * d["accuracy_mean"], color="black", linestyle="--", linewidth=1.2,
-                           label="dense, trained")
-                ax.axhspan(100 * d["accuracy_min"], 100 * d["accuracy_max"], color="black", alpha=0.08)
-            ax.set_xscale("log")
-            ticks = sorted({100 * a["keep"] for a in task if a["criterion"] != "dense"})
-            ax.set_xticks(ticks)
-            ax.set_xticks([], minor=True)
-            ax.set_xticklabels([f"{t:g}" for t in ticks])
-            ax.set_xlabel("weights kept (%, log scale)")
-            ax.set_ylabel("test accuracy (%)")
-            ax.set_title(f"{name}: untrained supermasks, init {init}\n(line: mean; band: min-max over seeds)",
-                         fontsize=10)
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-            fig.tight_layout()
-            out[f"accuracy_vs_keep_{stem}_{init}.png"] = _png(fig, plt)
-
-        fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-        points = []
-        for j, (key, label) in enumerate(REPRESENTATIONS.items()):
-            pts = [(a[key], 100 * a["accuracy_mean"]) for a in task if a.get(key) is not None]
-            if not pts:
-                continue
-            points += pts
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=18, marker=_MARKERS[j],
-                       color=cmap(j / (len(REPRESENTATIONS) - 1) * 0.9), label=label, alpha=0.8,
-                       edgecolors="black", linewidths=0.3)
-        f = frontier(points)
-        if f:
-            xs, ys = [p[0] for p in f], [p[1] for p in f]
-            ax.step(xs + [max(p[0] for p in points)], ys + [ys[-1]], where="post", color="black", linewidth=1.2,
-                    label="size-accuracy frontier")
-        out[f"accuracy_vs_size_{stem}.png"] = _size_axes(
-            fig, ax, plt, "file size (bytes, log scale)",
-            f"{name}: accuracy against file size, every criterion, init and keep", 8)
-    out.update(_methods_plots(aggs, plt))
-    return out
-
-
-def _methods_plots(aggs: list[dict], plt) -> dict[str, bytes]:
-    """One plot per (model, dataset): test accuracy against ticket size (the smaller codec) for
-    every mask series of every run, learned and heuristic together."""
-    out: dict[str, bytes] = {}
+            yield f"accuracy_vs_keep_{stem}_{init}.png", _keep_figure(aggs, task, name, init, plt)
+        yield f"accuracy_vs_size_{stem}.png", _size_figure(aggs, task, name, plt)
     for model, dataset in sorted({(a["model"], a["dataset"]) for a in aggs}):
         here = [a for a in aggs if (a["model"], a["dataset"]) == (model, dataset)]
-        series: dict[tuple, list[dict]] = defaultdict(list)
-        for a in here:
-            if a["criterion"] != "dense" and a.get("ticket_entropy_bytes") is not None:
-                series[(a["criterion"], a["init"], a["train_config"], a["train_init"])].append(a)
-        if not series:
-            continue
-        configs = defaultdict(set)
-        for c, _, tc, _ in series:
-            configs[c].add(tc)
-        fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-        colours = plt.get_cmap("tab10")
-        learned_i = 0
-        for (c, init, tc, train_init), pts in sorted(series.items(),
-                                                     key=lambda kv: (kv[0][0] in LEARNED_METHODS, kv[0])):
-            pts = sorted(pts, key=lambda a: min(a["ticket_bitpack_bytes"], a["ticket_entropy_bytes"]))
-            x = [min(a["ticket_bitpack_bytes"], a["ticket_entropy_bytes"]) for a in pts]
-            y = [100 * a["accuracy_mean"] for a in pts]
-            label = f"{c} ({train_init})" if c in LEARNED_METHODS else f"{c} ({init})"
-            if len(configs[c]) > 1:
-                label += f" [{tc[:8]}]"
-            if c in LEARNED_METHODS:
-                ax.plot(x, y, marker="oD^v"[learned_i % 4], markersize=7 - 2 * (c == "edge-popup"),
-                        linewidth=2, color=colours(learned_i % 10), label=label, zorder=4 - (c == "edge-popup"))
-                learned_i += 1
-            elif c == "large_final_same_sign":
-                ax.plot(x, y, marker="s", linewidth=1.4, linestyle="--", label=label, zorder=2,
-                        color="black" if init == "original" else "dimgray")
-            else:
-                ax.plot(x, y, linewidth=0.8, color="silver", alpha=0.8, zorder=1)
-        if any(a["criterion"] not in LEARNED_METHODS and a["criterion"] not in ("dense", "large_final_same_sign")
-               for s in series.values() for a in s):
-            ax.plot([], [], linewidth=0.8, color="silver", label="other criteria")
-        dense = [a for a in here if a["criterion"] == "dense"]
-        if dense:
-            ax.axhline(100 * dense[0]["accuracy_mean"], color="black", linestyle=":", linewidth=1.2,
-                       label=f"dense, trained ({_kb(dense[0]['dense_onnx_bytes'])} ONNX)")
-        out[f"accuracy_vs_ticket_{model}_{dataset}.png"] = _size_axes(
-            fig, ax, plt, "ticket size (bytes, smaller codec; log scale)",
-            f"{model} on {dataset}: learned and heuristic supermasks by ticket size", 7)
-    return out
+        fig = _ticket_figure(model, dataset, here, plt)
+        if fig is not None:
+            yield f"accuracy_vs_ticket_{model}_{dataset}.png", fig
 
 
-def _size_axes(fig, ax, plt, xlabel: str, title: str, legend_size: int) -> bytes:
-    """Finish a plot of accuracy against a size on a log axis; return its PNG bytes."""
-    ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy (%, mean over seeds)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=legend_size, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    fig.tight_layout()
-    return _png(fig, plt)
+def _plots(aggs: list[dict]) -> dict[str, bytes]:
+    """PNG bytes by file name."""
+    from matplotlib import pyplot as plt
+
+    return {name: _png(fig, plt) for name, fig in figures(aggs)}
 
 
 def _png(fig, plt) -> bytes:

@@ -20,6 +20,7 @@ from helpers import needs_data
 from test_runtime_inputs import encode_png
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+DIGITS = [str(i) for i in range(10)]
 
 
 def invoke(*args):
@@ -74,6 +75,18 @@ def test_export(tmp_path, ticket, fmt):
         assert len(info["sparse_tensors"]) == 6 and info["dense_tensors"] == []
 
 
+def test_export_out_option_and_its_old_name(tmp_path, ticket):
+    # -o/--out as on every command that writes; --output still works, hidden from --help
+    for flag in ("-o", "--out", "--output"):
+        out = tmp_path / f"m{flag.strip('-')}.onnx"
+        r = invoke("export", ticket, flag, out)
+        assert r.exit_code == 0, r.output
+        assert out.stat().st_size > 0
+    assert invoke("export", ticket, "-o", tmp_path / "same.onnx", "--output", tmp_path / "same.onnx").exit_code == 0
+    help_text = invoke("export", "--help").output
+    assert "-o, --out" in help_text and "--output" not in help_text
+
+
 def test_export_text_output(tmp_path, ticket):
     r = invoke("export", ticket, "-o", tmp_path / "m.onnx", "--format", "sparse")
     assert r.exit_code == 0, r.output
@@ -93,7 +106,11 @@ def test_export_bad_tickets(tmp_path, bad_tickets, kind):
 
 def test_export_usage_errors(tmp_path, ticket):
     assert invoke("export", ticket, "-o", tmp_path / "x.onnx", "--format", "zip").exit_code == 2
-    assert invoke("export", ticket).exit_code == 2  # -o is required
+    r = invoke("export", ticket)
+    assert r.exit_code == 2 and "Missing option '-o' / '--out'" in r.output  # -o is required
+    r = invoke("export", ticket, "-o", tmp_path / "a.onnx", "--output", tmp_path / "b.onnx")
+    assert r.exit_code == 2 and "given twice" in r.output
+    assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()
     assert_error(invoke("export", ticket, "-o", tmp_path / "no" / "x.onnx"), "does not exist")
     before = ticket.read_bytes()
     assert_error(invoke("export", ticket, "-o", ticket), "is the ticket itself")
@@ -101,6 +118,29 @@ def test_export_usage_errors(tmp_path, ticket):
 
 
 # -------------------------------------------------------------------------------- predict
+
+
+def test_predict_help_says_how_inputs_are_shaped():
+    text = " ".join(invoke("predict", "--help").output.split())
+    for words in ("supermask inspect TICKET", "(N, *input_shape)", "input_shape", "image file", ".npy"):
+        assert words in text, words
+
+
+def test_predict_and_eval_take_threads(tmp_path, ticket, monkeypatch):
+    import supermask.runtime.model as rtm
+
+    seen = []
+    real = rtm._session_options
+    monkeypatch.setattr(rtm, "_session_options", lambda ort_, threads: seen.append(threads) or real(ort_, threads))
+    np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.uint8))
+    r = invoke("predict", "--threads", "1", "--device", "cpu", ticket, tmp_path / "x.npy")
+    assert r.exit_code == 0, r.output
+    assert seen == [1]
+    assert invoke("predict", "--threads", "0", ticket, tmp_path / "x.npy").exit_code == 2
+    dticket = make_ticket(tmp_path / "d.smask", input_shape=(1, 8, 8), classes=DIGITS)[0]
+    r = invoke("eval", dticket, "--dataset", "digits", "--threads", "2", "--device", "cpu", "--limit", "10")
+    assert r.exit_code == 0, r.output
+    assert seen == [1, 2]
 
 
 def test_predict_npy_and_images(tmp_path, ticket):
@@ -141,7 +181,11 @@ def test_predict_text_output(tmp_path, ticket):
 
 def test_predict_bad_inputs(tmp_path, ticket):
     np.save(tmp_path / "shape.npy", np.zeros((2, 3, 28, 28), np.uint8))
-    assert_error(invoke("predict", ticket, tmp_path / "shape.npy"), "shape.npy", "input has shape (2, 3, 28, 28)")
+    # the error names the shape the ticket expects, for a batch and for one example
+    assert_error(invoke("predict", ticket, tmp_path / "shape.npy"), "shape.npy", "input has shape (2, 3, 28, 28)",
+                 "expects (N, 1, 28, 28)", "(1, 28, 28)")
+    np.save(tmp_path / "small.npy", np.zeros((8, 8), np.float32))
+    assert_error(invoke("predict", ticket, tmp_path / "small.npy"), "small.npy", "(8, 8)", "(N, 1, 28, 28)")
     np.save(tmp_path / "str.npy", np.array(["a", "b"]))
     assert_error(invoke("predict", ticket, tmp_path / "str.npy"), "dtype")
     np.save(tmp_path / "obj.npy", np.array([None], dtype=object), allow_pickle=True)
@@ -176,15 +220,54 @@ def test_predict_bad_tickets(tmp_path, bad_tickets, kind):
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has the CUDA provider; the GPU tests cover it")
-def test_device_cuda_without_cuda_fails_and_auto_notes_the_fallback(tmp_path, ticket):
+def test_device_cuda_without_cuda_fails_and_auto_is_quiet_on_a_cpu_build(tmp_path, ticket, monkeypatch):
+    # the CPU build is what a [cpu] install chose: running on the CPU is no news there
+    import supermask.runtime.model as rtm
+
+    monkeypatch.setattr(rtm, "onnxruntime_distributions", lambda: ["onnxruntime"])
     np.save(tmp_path / "x.npy", np.zeros((1, 28, 28), np.uint8))
     r = invoke("predict", "--device", "cuda", ticket, tmp_path / "x.npy")
     assert_error(r, "CUDA was requested")
     assert len(r.stderr.strip().splitlines()) == 1
-    r = invoke("predict", "--json", ticket, tmp_path / "x.npy")  # auto
+    dticket = make_ticket(tmp_path / "d.smask", input_shape=(1, 8, 8), classes=DIGITS)[0]
+    for args in (["predict", "--json", ticket, tmp_path / "x.npy"], ["predict", ticket, tmp_path / "x.npy"],
+                 ["eval", dticket, "--dataset", "digits", "--limit", "5"]):  # auto
+        r = invoke(*args)
+        assert r.exit_code == 0, r.output
+        assert "CUDA" not in r.stderr, r.stderr
+    out = json.loads(invoke("predict", "--json", ticket, tmp_path / "x.npy").stdout)
+    assert out["provider"] == "CPUExecutionProvider"
+    assert "CUDA not available" in out["note"]  # the JSON still says why CUDA was not used
+
+
+def test_auto_notes_the_fallback_when_the_gpu_build_cannot_use_cuda(tmp_path, ticket, monkeypatch):
+    # onnxruntime-gpu on a machine where CUDA cannot start: the build lists the CUDA provider,
+    # the session quietly falls back to the CPU. A CPU build given the CUDA provider does the same.
+    real = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider"] + [p for p in real if p != "CUDAExecutionProvider"])
+    if HAS_CUDA:
+        pytest.skip("a real CUDA provider would start here")
+    np.save(tmp_path / "x.npy", np.zeros((1, 28, 28), np.uint8))
+    r = invoke("predict", "--json", ticket, tmp_path / "x.npy")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.startswith("note: the CUDA provider could not start")
+    assert json.loads(r.stdout)["provider"] == "CPUExecutionProvider"
+
+
+def test_auto_notes_a_gpu_build_without_the_cuda_provider(tmp_path, ticket, monkeypatch):
+    # onnxruntime-gpu installed, yet the module in use has no CUDA provider (e.g. a CPU build
+    # installed over it): the user meant to run on the GPU, so the fallback is worth a note
+    import supermask.runtime.model as rtm
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(rtm, "onnxruntime_distributions", lambda: ["onnxruntime-gpu"])
+    np.save(tmp_path / "x.npy", np.zeros((1, 28, 28), np.uint8))
+    r = invoke("predict", ticket, tmp_path / "x.npy")
     assert r.exit_code == 0, r.output
     assert r.stderr.startswith("note: CUDA not available")
-    assert json.loads(r.stdout)["provider"] == "CPUExecutionProvider"
+    r = invoke("predict", "--device", "cpu", ticket, tmp_path / "x.npy")  # asked for the CPU: nothing to say
+    assert r.exit_code == 0 and "CUDA" not in r.stderr
 
 
 # ----------------------------------------------------------------------------------- eval

@@ -6,6 +6,8 @@ import json
 import shutil
 import struct
 
+import numpy as np
+
 from click.testing import CliRunner
 
 from supermask.cli import main
@@ -100,3 +102,51 @@ def test_writing_into_a_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(SupermaskError, match="does not exist"):
         ticket.write_ticket(tmp_path / "missing" / "t.smask", t.architecture, t.seed, t.init, dict(t.masks))
     assert list(tmp_path.iterdir()) == []
+
+
+def _metadata_ticket(tmp_path):
+    from supermask import models
+    from supermask.rng import InitSpec
+    from supermask.ticket import write_ticket
+
+    arch = models.build("lenet-300-100", (1, 8, 8), [str(i) for i in range(10)], None)
+    masks = {p.name: (np.arange(int(np.prod(p.shape))).reshape(p.shape) % 3 == 0)
+             for p in arch.params() if p.kind == "weight"}
+    path = tmp_path / "meta.smask"
+    write_ticket(path, arch, 3, InitSpec(), masks, criterion="large_final_same_sign", keep=0.3,
+                 metadata={"dataset": "digits", "accuracy": 0.876374, "init_variant": "signed-constant",
+                           "test_examples": 364})
+    return path
+
+
+def test_inspect_aligns_every_key_value_line_and_shows_accuracy_in_percent(tmp_path):
+    # keys longer than the built-in labels (init_variant) used to push their value one space
+    # off; every "key value" line now starts its value in one computed column
+    path = _metadata_ticket(tmp_path)
+    r = CliRunner().invoke(main, ["inspect", "--verify", str(path)])
+    assert r.exit_code == 0, r.output
+    head = r.output.split("\n\n")[0].splitlines()
+    keys = [line.split()[0] for line in head]
+    assert keys[:7] == ["ticket", "model", "seed", "criterion", "weights", "vs", "bytes"]
+    assert sorted(keys[7:-1]) == ["accuracy", "dataset", "init_variant", "test_examples"] and keys[-1] == "verified"
+    column = len("test_examples") + 2
+    for line in head:
+        key = "vs float32" if line.startswith("vs float32") else line.split()[0]
+        assert line[:column] == key.ljust(column) and line[column] != " ", line
+    assert "accuracy       87.64 %" in r.output and "0.876374" not in r.output
+    # JSON keeps the fraction
+    s = json.loads(CliRunner().invoke(main, ["inspect", "--json", str(path)]).output)
+    assert s["metadata"]["accuracy"] == 0.876374
+
+
+def test_format_summary_widths_follow_the_longest_key():
+    from supermask import read_ticket
+    from supermask.cli import format_summary
+
+    s = read_ticket(TINY).summary()
+    short = format_summary("t", s).splitlines()
+    assert short[0].startswith("ticket      t") and short[2].startswith("seed        42")
+    s["metadata"] = {"a_rather_long_key": "x", "dense_accuracy": 0.5}
+    lines = format_summary("t", s).splitlines()
+    assert lines[0].startswith("ticket" + " " * 13 + "t")
+    assert "a_rather_long_key  x" in lines and "dense_accuracy     50.00 %" in lines
