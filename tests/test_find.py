@@ -427,7 +427,7 @@ def test_apply_mask_gives_positive_zeros():
 
 
 def test_signed_constant_ticket_weights_are_sign_of_init_times_constant(tmp_path, digits_run):
-    pack(digits_run, tmp_path / "o.smask", keep=0.5)
+    pack(digits_run, tmp_path / "o.smask", keep=0.5, init="original")
     pack(digits_run, tmp_path / "s.smask", keep=0.5, init="signed-constant")
     o, s = read_ticket(tmp_path / "o.smask"), read_ticket(tmp_path / "s.smask")
     for name in ("fc1.weight", "fc3.weight"):
@@ -497,7 +497,8 @@ def test_conv_models_train_and_evaluate_end_to_end(tmp_path, model):
     assert len(convs) == {"conv2": 2, "conv4": 4, "conv6": 6}[model]
     assert all(r["layer_densities"][n] == pytest.approx(0.1, abs=2e-3) for n in convs)
     assert r["layer_densities"]["fc3.weight"] == pytest.approx(0.55, abs=2e-3)
-    t = pack(tmp_path / model, tmp_path / f"{model}.smask", keep=0.1)
+    t = pack(tmp_path / model, tmp_path / f"{model}.smask", keep=0.1, criterion="large_final_same_sign",
+             init="original")
     assert t.model_name == model and t.metadata["model"] == model and t.metadata["accuracy"] == next(
         x["accuracy"] for x in rows if x["criterion"] == "large_final_same_sign" and x["keep"] == 0.1
         and x["init"] == "original")
@@ -526,7 +527,7 @@ def test_cuda_training_gives_a_ticket_that_regenerates_on_cpu(tmp_path):
     cfg = C.FindConfig(**SMALL, criteria=("large_final_same_sign",))
     res = TF.find(cfg, tmp_path / "gpu", device="cuda", progress=False)
     assert json.loads((tmp_path / "gpu" / "train.json").read_text())["device"] == "cuda"
-    t = pack(tmp_path / "gpu", tmp_path / "g.smask", keep=0.2)
+    t = pack(tmp_path / "gpu", tmp_path / "g.smask", keep=0.2, init="original")
     cfg2, info, _ = load_run(tmp_path / "gpu")
     subject = _subject(cfg2, info)
     w0 = subject.initial_weights(cfg.seed, cfg.init_spec)
