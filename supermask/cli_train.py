@@ -143,8 +143,8 @@ def find_options(f):
         click.option("--criteria", callback=_names, default=None,
                      help="Comma-separated criteria to evaluate, or 'all' (default: all): "
                           f"{', '.join(crit.CRITERIA)}."),
-        click.option("--keep", "keeps", callback=_float_list, default=None,
-                     help="Fractions of weights to keep, each a fraction in (0, 1], comma-separated "
+        click.option("--keep", "keeps", callback=_float_list, default=None, metavar="FRACTIONS",
+                     help="Weights to keep: a fraction in (0, 1], or several comma-separated "
                           f"(default {','.join(map(str, DEFAULT_KEEPS))}); with edge-popup each keep is "
                           "one training. Not for bernoulli, which learns its density."),
         click.option("--affine", type=click.Choice(list(AFFINE)), default=None,
@@ -259,8 +259,8 @@ def format_results(res: dict) -> str:
               help="A finished `supermask find` run directory.")
 @click.option("--criterion", type=click.Choice([*crit.CRITERIA, "edge-popup", "bernoulli"]), default=None,
               help=f"Which masks: default the run's learned method, or {crit.DEFAULT_CRITERION} for a criteria run.")
-@click.option("--keep", callback=_one_keep, default=None,
-              help="Fraction of weights kept, a fraction in (0, 1]. "
+@click.option("--keep", callback=_one_keep, default=None, metavar="FRACTION",
+              help="Weights kept: a fraction in (0, 1]. "
                    "Default: the keep with the best accuracy in the run's results. "
                    "Not for a bernoulli run, which holds one mask of a learned density.")
 @click.option("--init", "init", type=click.Choice(list(INIT_VARIANTS)), default="original",
