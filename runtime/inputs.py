@@ -1,24 +1,25 @@
-"""Inputs for inference: array checks and reading ``.npy`` and image files. Torch-free.
+"""Inputs for inference: array checks, reading ``.npy`` and image files, and the check of
+input values against the range the model was trained on. Torch-free.
 
 Arrays hold raw values (pixels as stored in the data set, usually uint8); the model's graph
-does the preprocessing. Images are read with Pillow when it is installed; without it, PNG
-(8-bit, non-interlaced) and binary PGM/PPM are decoded here, so the edge install needs no
-imaging library for those.
+does the preprocessing. Images are read with Pillow (the ``[images]`` extra), imported only
+when an image is read, so the runtime itself needs no imaging library.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import struct
-import zlib
+import warnings
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, RuntimeUnavailableError
 
 IMAGE_SUFFIXES = (".png", ".pgm", ".ppm", ".pnm", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-_MAX_INPUT_BYTES = 1 << 31
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 def _fmt(shape) -> str:
@@ -72,7 +73,8 @@ def _image_to_chw(img: np.ndarray, input_shape: tuple[int, ...], path: Path) -> 
     if img.shape[2] in (2, 4):  # drop alpha
         img = img[:, :, :-1]
     if img.shape[2] == 3 and c == 1:
-        # ITU-R 601 luma, the usual RGB -> grey conversion (Pillow's "L" mode uses it too)
+        # ITU-R 601 luma, the usual RGB -> grey conversion, computed exactly (Pillow's "L"
+        # conversion uses the same weights in fixed point, which can differ by one)
         rgb = img.astype(np.float64)
         img = np.rint(rgb @ np.array([0.299, 0.587, 0.114]))[:, :, None].clip(0, 255).astype(np.uint8)
     elif img.shape[2] == 1 and c == 3:
@@ -85,219 +87,117 @@ def _image_to_chw(img: np.ndarray, input_shape: tuple[int, ...], path: Path) -> 
     return np.ascontiguousarray(img.transpose(2, 0, 1))
 
 
-class ImageSizeError(ValueError):
-    """An image file declares another size than the caller expects. Raised from the header,
-    before any pixel data is decompressed or decoded."""
-
-    def __init__(self, width: int, height: int, expected: tuple[int, int]):
-        self.width, self.height, self.expected = width, height, tuple(expected)
-        super().__init__(f"image is {width}x{height} pixels; expected {expected[0]}x{expected[1]}")
+#: Pillow modes whose values do not fit 8 bits; converting them would clip, silently.
+_DEEP_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+#: Formats Pillow can open that are left out: EPS is rendered by running Ghostscript.
+_EXCLUDED_FORMATS = ("EPS",)
 
 
-def _check_size(width: int, height: int, size: tuple[int, int] | None) -> None:
-    if size is not None and (width, height) != tuple(size):
-        raise ImageSizeError(width, height, size)
-
-
-def _unfilter(rows: np.ndarray, bpp: int) -> np.ndarray:
-    """Undo the PNG row filters of ``rows`` (H, 1 + stride): filter byte, then filtered bytes.
-
-    None, Sub and Up are numpy operations on whole rows (Sub is a running sum mod 256 per
-    channel); Average and Paeth depend on the byte just decoded to their left, so they run a
-    Python loop over the row's bytes (on bytes objects, not numpy scalars). The caller bounds
-    the image size, so that loop stays short.
-    """
-    height, stride = rows.shape[0], rows.shape[1] - 1
-    out = np.empty((height, stride), np.uint8)
-    prev = np.zeros(stride, np.uint8)
-    for y in range(height):
-        f, line = int(rows[y, 0]), rows[y, 1:]
-        if f == 0:
-            cur = line
-        elif f == 1:  # Sub: x + left
-            cur = np.cumsum(line.reshape(-1, bpp), axis=0, dtype=np.uint8).reshape(-1)
-        elif f == 2:  # Up: x + above
-            cur = line + prev
-        elif f in (3, 4):
-            row, up = bytearray(line.tobytes()), prev.tobytes()
-            first = min(bpp, stride)
-            if f == 3:  # Average: x + floor((left + above) / 2)
-                for i in range(first):
-                    row[i] = (row[i] + (up[i] >> 1)) & 0xFF
-                for i in range(bpp, stride):
-                    row[i] = (row[i] + ((row[i - bpp] + up[i]) >> 1)) & 0xFF
-            else:  # Paeth: x + whichever of left, above, upper-left is nearest left + above - upper-left
-                for i in range(first):  # no left pixel: the predictor is the byte above
-                    row[i] = (row[i] + up[i]) & 0xFF
-                for i in range(bpp, stride):
-                    a, b, c = row[i - bpp], up[i], up[i - bpp]
-                    pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
-                    row[i] = (row[i] + (a if pa <= pb and pa <= pc else (b if pb <= pc else c))) & 0xFF
-            cur = np.frombuffer(bytes(row), np.uint8)
-        else:
-            raise ValueError(f"PNG row filter {f} is unknown")
-        out[y] = cur
-        prev = out[y]
-    return out
-
-
-def decode_png(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
-    """A PNG (8-bit grey, grey+alpha, RGB, RGBA or palette; not interlaced) as (H, W[, C]) uint8.
-
-    ``size`` is the (width, height) the caller expects: a PNG whose header declares another
-    size raises :class:`ImageSizeError` before anything is decompressed. The image data is
-    decompressed to at most the size its header declares; a stream that holds more is an error,
-    so a small file cannot expand into a huge buffer (a "zlib bomb").
-    """
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not a PNG file")
-    pos, idat, ihdr, palette = 8, [], None, None
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        if len(body) != length:
-            raise ValueError("truncated PNG chunk")
-        if kind == b"IHDR":
-            if len(body) != 13:
-                raise ValueError("bad PNG header (IHDR)")
-            ihdr = struct.unpack(">IIBBBBB", body)
-            _check_size(ihdr[0], ihdr[1], size)  # before reading further, let alone decompressing
-        elif kind == b"PLTE":
-            if length % 3 or not length:
-                raise ValueError("bad PNG palette")
-            palette = np.frombuffer(body, np.uint8).reshape(-1, 3)
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind == b"IEND":
-            break
-        pos += 12 + length
-    if ihdr is None or not idat:
-        raise ValueError("PNG without IHDR or IDAT")
-    width, height, depth, color, _, _, interlace = ihdr
-    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(color)
-    if depth != 8 or channels is None or interlace:
-        raise ValueError(f"PNG with bit depth {depth}, colour type {color}, interlace {interlace} "
-                         "is not supported without Pillow (8-bit, non-interlaced only)")
-    if width == 0 or height == 0:
-        raise ValueError(f"PNG declares an empty image ({width}x{height} pixels)")
-    if width * height * channels > _MAX_INPUT_BYTES:
-        raise ValueError("PNG too large")
-    stride = width * channels
-    expected = height * (stride + 1)  # each row: a filter byte, then the pixels
-    inflater = zlib.decompressobj()
-    raw = inflater.decompress(b"".join(idat), expected)
-    if len(raw) < expected:
-        raise ValueError(f"PNG image data is shorter than its {width}x{height} header says")
-    if inflater.decompress(inflater.unconsumed_tail, 1):
-        raise ValueError(f"PNG image data is longer than its {width}x{height} header says")
-    img = _unfilter(np.frombuffer(raw, np.uint8).reshape(height, stride + 1), channels)
-    img = img.reshape(height, width, channels)
-    if color == 3:
-        if palette is None:
-            raise ValueError("palette PNG without a palette")
-        img = palette[np.minimum(img[:, :, 0], len(palette) - 1)]
-    return img if channels > 1 or color == 3 else img[:, :, 0]
-
-
-def _pnm_header(data: bytes) -> tuple[bytes, int, int, int, int]:
-    """(kind, width, height, maxval, offset of the last header byte) of a binary PGM/PPM."""
-    fields, pos = [], 2
-    kind = data[:2]
-    if kind not in (b"P5", b"P6"):
-        raise ValueError("not a binary PGM/PPM file")
-    while len(fields) < 3:
-        while pos < len(data) and data[pos:pos + 1].isspace():
-            pos += 1
-        if data[pos:pos + 1] == b"#":
-            pos = data.index(b"\n", pos) + 1
-            continue
-        end = pos
-        while end < len(data) and data[end:end + 1].isdigit():
-            end += 1
-        if end == pos:
-            raise ValueError("bad PGM/PPM header")
-        fields.append(int(data[pos:end]))
-        pos = end
-    w, h, maxval = fields
-    return kind, w, h, maxval, pos
-
-
-def decode_pnm(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
-    """A binary PGM (P5) or PPM (P6) with maxval 255 as (H, W[, 3]) uint8.
-
-    ``size``: the (width, height) expected, checked against the header as in :func:`decode_png`.
-    """
-    kind, w, h, maxval, pos = _pnm_header(data)
-    _check_size(w, h, size)
-    if maxval != 255:
-        raise ValueError("only 8-bit PGM/PPM (maxval 255) is supported")
-    if w == 0 or h == 0:
-        raise ValueError(f"PGM/PPM declares an empty image ({w}x{h} pixels)")
-    c = 1 if kind == b"P5" else 3
-    body = data[pos + 1: pos + 1 + w * h * c]
-    if len(body) != w * h * c:
-        raise ValueError("truncated PGM/PPM data")
-    img = np.frombuffer(body, np.uint8).reshape(h, w, c)
-    return img[:, :, 0] if c == 1 else img
-
-
-def _declared_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the header of a PNG or binary PGM/PPM; None for other data or a
-    header too damaged to say (the decoder then reports it)."""
-    try:
-        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
-            return struct.unpack(">II", data[16:24])
-        if data[:2] in (b"P5", b"P6"):
-            return _pnm_header(data)[1:3]
-    except ValueError:
-        pass
-    return None
-
-
-def _wrong_size(path: Path, width: int, height: int, size: tuple[int, int]) -> InputError:
-    return InputError(f"{path}: image is {width}x{height} pixels; the model expects {size[0]}x{size[1]} "
-                      "(resize it first)")
-
-
-def read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """An image file as (H, W[, C]) uint8, with Pillow when installed.
-
-    ``size``: the (width, height) the caller expects; an image of another size raises
-    :class:`InputError` as soon as its header is read, before its pixels are decoded.
-    """
-    data = path.read_bytes()
-    declared = _declared_size(data)  # PNG and PGM/PPM: refuse a wrong size before any decoder runs
-    if size is not None and declared is not None and tuple(declared) != tuple(size):
-        raise _wrong_size(path, declared[0], declared[1], size)
+def _pillow(path: Path):
+    """Pillow's ``Image`` module, or :class:`RuntimeUnavailableError` saying how to install it."""
     try:
         from PIL import Image
     except ImportError:
-        Image = None
-    if Image is not None:
-        import io
+        raise RuntimeUnavailableError(f"{path}: reading images needs Pillow: pip install \"supermask[images]\" "
+                                      "(or give the input as a .npy array)") from None
+    return Image
 
-        try:
-            with Image.open(io.BytesIO(data)) as im:  # reads the header only
-                if size is not None and tuple(im.size) != tuple(size):
-                    raise ImageSizeError(im.size[0], im.size[1], size)
-                if im.mode not in ("L", "RGB", "RGBA", "LA"):
-                    im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
-                return np.asarray(im, dtype=np.uint8)
-        except ImageSizeError as e:
-            raise _wrong_size(path, e.width, e.height, e.expected) from None
-        except Exception as e:  # Pillow raises many types for a bad file
-            raise InputError(f"{path}: cannot read image: {str(e)[:200]}") from None
+
+def _image_suffixes() -> tuple[str, ...]:
+    """Suffixes read as images: the usual ones, and every one Pillow knows when it is installed."""
     try:
-        if data[:8] == b"\x89PNG\r\n\x1a\n":
-            return decode_png(data, size)
-        if data[:2] in (b"P5", b"P6"):
-            return decode_pnm(data, size)
-    except ImageSizeError as e:
-        raise _wrong_size(path, e.width, e.height, e.expected) from None
-    except (ValueError, zlib.error, struct.error) as e:
-        raise InputError(f"{path}: cannot read image: {e}") from None
-    raise InputError(f"{path}: cannot read this image format without Pillow (PNG and PGM/PPM are "
-                     "built in); install Pillow or save the input as .npy")
+        from PIL import Image
+    except ImportError:
+        return IMAGE_SUFFIXES
+    known = {s.lower() for s, fmt in Image.registered_extensions().items() if fmt not in _EXCLUDED_FORMATS}
+    return IMAGE_SUFFIXES + tuple(sorted(known - set(IMAGE_SUFFIXES)))
+
+
+def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
+    """An image file as (H, W) or (H, W, C) uint8 (C: 2 grey+alpha, 3 RGB, 4 RGBA), read with
+    Pillow; :class:`RuntimeUnavailableError` when Pillow is not installed.
+
+    Any format Pillow opens is read (except EPS), its first frame for animations. ``size``:
+    the (width, height) the caller expects; an image of another size raises
+    :class:`InputError` once Pillow has read its header, before any pixel data is decoded.
+    16-bit and floating-point images are refused (their values do not fit uint8).
+    """
+    path = Path(path)
+    Image = _pillow(path)
+    Image.init()
+    formats = [f for f in Image.OPEN if f not in _EXCLUDED_FORMATS]
+    try:
+        with Image.open(path, formats=formats) as im:  # reads the header only
+            if size is not None and tuple(im.size) != tuple(size):
+                raise InputError(f"{path}: image is {im.size[0]}x{im.size[1]} pixels; the model expects "
+                                 f"{size[0]}x{size[1]} (resize it first)")
+            if im.mode in _DEEP_MODES:
+                raise InputError(f"{path}: a {im.mode} (16-bit or floating-point) image; only 8-bit images are "
+                                 "read: convert it to 8-bit grey or RGB, or give the values as a .npy array")
+            if im.mode == "1":
+                im = im.convert("L")
+            elif im.mode not in ("L", "LA", "RGB", "RGBA"):
+                alpha = any(b in ("A", "a") for b in im.getbands()) or "transparency" in im.info
+                im = im.convert("RGBA" if alpha else "RGB")
+            return np.asarray(im, dtype=np.uint8)
+    except InputError:
+        raise
+    except Image.DecompressionBombError as e:  # a header declaring a huge image: nothing is decoded
+        want = f"; the model expects {size[0]}x{size[1]}" if size is not None else ""
+        raise InputError(f"{path}: image refused as far too large ({e}){want}") from None
+    except Exception as e:  # Pillow raises many types (OSError, ValueError, SyntaxError, ...) for a bad file
+        raise InputError(f"{path}: cannot read image: {str(e)[:200]}") from None
+
+
+def _npy_error(path: Path, why: str) -> InputError:
+    return InputError(f"{path}: not a valid .npy file: {why}")
+
+
+def read_npy(path: str | os.PathLike) -> np.ndarray:
+    """The array of a ``.npy`` file, checked before anything large is allocated.
+
+    The header is parsed first; the data its shape and dtype declare must be in the file (a
+    small file claiming a huge shape is refused without allocating it). Pickled (object)
+    arrays are never loaded. Every problem raises :class:`InputError` with the reason: empty
+    or truncated, not a .npy file, a bad header, object data, or data shorter than declared.
+    """
+    path = Path(path)
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(len(_NPY_MAGIC) + 2)  # the signature, then the format version (2 bytes)
+        if size == 0:
+            raise _npy_error(path, "the file is empty")
+        if not head.startswith(_NPY_MAGIC[:min(len(head), len(_NPY_MAGIC))]):
+            what = "; a .npz archive? give its arrays as .npy files" if head.startswith(b"PK") else ""
+            raise _npy_error(path, f"it does not start with the .npy signature ({size:,} byte"
+                                   f"{'s' if size != 1 else ''}{what})")
+        if len(head) < len(_NPY_MAGIC) + 2:
+            raise _npy_error(path, f"it is truncated ({size} byte{'s' if size != 1 else ''}, ending inside the "
+                                   ".npy signature and version)")
+        version = (head[6], head[7])
+        read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise _npy_error(path, f"format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
+        try:
+            shape, _, dtype = read_header(f)
+        except (ValueError, OSError, EOFError, SyntaxError) as e:
+            why = "its header is truncated" if str(e).startswith("EOF") else f"bad header ({str(e)[:200]})"
+            raise _npy_error(path, why) from None
+        if dtype.hasobject:
+            raise InputError(f"{path}: the array holds Python objects (pickled data), which are never loaded; "
+                             "save numbers (e.g. uint8 pixels or float32)")
+        declared = dtype.itemsize * math.prod(shape)
+        held = size - f.tell()
+        if declared > held:
+            raise InputError(f"{path}: the header declares shape {_fmt(shape)} of {dtype} ({declared:,} bytes of "
+                             f"data), but the file holds only {held:,} bytes after the header; it is truncated "
+                             "or damaged")
+        f.seek(0)
+        try:
+            return fmt.read_array(f, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:  # e.g. the file changed while it was read
+            raise _npy_error(path, str(e)[:200]) from None
 
 
 def read_input(path: str | os.PathLike, input_shape: tuple[int, ...]) -> np.ndarray:
@@ -308,19 +208,66 @@ def read_input(path: str | os.PathLike, input_shape: tuple[int, ...]) -> np.ndar
         raise InputError(f"no such file: {path}")
     if path.is_dir():
         raise InputError(f"{path} is a folder; give .npy or image files")
-    if path.suffix.lower() == ".npy":
-        try:
-            a = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise InputError(f"{path}: not a readable .npy array ({str(e)[:200]})") from None
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        a = read_npy(path)
         try:
             return to_batch(a, input_shape)
         except InputError as e:
             raise InputError(f"{path}: {e}") from None
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if suffix in _image_suffixes():
         if len(input_shape) != 3:
             raise InputError(f"{path}: this model takes inputs of shape {_fmt(input_shape)}, not images")
         _, h, w = input_shape
         return _image_to_chw(read_image(path, (w, h)), input_shape, path)[None]
     raise InputError(f"{path}: unknown input type {path.suffix or '(no suffix)'!r}; give .npy arrays or "
-                     f"images ({', '.join(IMAGE_SUFFIXES)})")
+                     f"images ({', '.join(IMAGE_SUFFIXES)}, or any format Pillow reads)")
+
+
+# ------------------------------------------------------------------ training input range
+
+
+class InputRangeWarning(UserWarning):
+    """Inputs lie far outside the range of the inputs the model was trained on (for example
+    0-255 pixels given to a model trained on values 0-16): its predictions are likely
+    meaningless, however confident they look."""
+
+
+def training_range(metadata: Mapping) -> tuple[float, float] | None:
+    """(min, max) of the raw training inputs, as ``pack`` records them in a ticket's metadata
+    (``input_min``, ``input_max``); None for tickets without them or with unusable values."""
+    lo, hi = metadata.get("input_min"), metadata.get("input_max")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (lo, hi)):
+        return None
+    return (float(lo), float(hi)) if lo <= hi else None
+
+
+def range_warning(x: np.ndarray, metadata: Mapping, what: str = "input") -> str | None:
+    """A one-line warning when raw inputs ``x`` lie far outside the training range recorded in
+    ``metadata`` (see :func:`training_range`), else None.
+
+    The rule: with the training range [lo, hi] and its width w = hi - lo (1 when the range is
+    a single value), inputs are "far outside" when their minimum is below lo - w or their
+    maximum above hi + w. A model trained on 0-16 thus accepts -16 to 32 without a word, and a
+    0-255 image is flagged. Nothing is said for tickets without a recorded range.
+    """
+    rng = training_range(metadata)
+    a = np.asarray(x)
+    if rng is None or a.size == 0:
+        return None
+    lo, hi = rng
+    width = hi - lo if hi > lo else 1.0
+    xmin, xmax = float(a.min()), float(a.max())
+    if lo - width <= xmin and xmax <= hi + width:
+        return None
+    return (f"{what}: values range from {xmin:g} to {xmax:g}, far outside the range the model was trained on "
+            f"({lo:g} to {hi:g}); its predictions are likely meaningless (is the input scaled like the "
+            "training data?)")
+
+
+def warn_if_out_of_range(x: np.ndarray, metadata: Mapping, what: str = "input") -> str | None:
+    """:func:`range_warning`, also issued as an :class:`InputRangeWarning`; returns the message."""
+    msg = range_warning(x, metadata, what)
+    if msg is not None:
+        warnings.warn(msg, InputRangeWarning, stacklevel=2)
+    return msg

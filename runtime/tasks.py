@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError, SupermaskError
-from .inputs import read_input
+from .inputs import read_input, warn_if_out_of_range
 from ..prediction import predict_classes
 from .model import DEFAULT_BATCH_SIZE, load
 
@@ -33,8 +33,11 @@ def evaluate_dataset(
     Returns ``accuracy``, ``correct``, ``num_examples``, ``provider``, ``providers``,
     ``note`` (why CUDA was not used, or null), timings in seconds (``load_seconds``: ticket
     to ready session; ``seconds``: inference over the whole set), ``examples_per_second``,
-    and ``ticket_accuracy`` / ``ticket_dataset`` / ``ticket_test_examples``: what ``find``
-    measured for this mask, as recorded in the ticket's metadata (null when absent).
+    ``ticket_accuracy`` / ``ticket_dataset`` / ``ticket_test_examples``: what ``find``
+    measured for this mask, as recorded in the ticket's metadata (null when absent), and
+    ``warnings``: a line when the data lie far outside the range the model was trained on
+    (see :func:`~supermask.runtime.inputs.range_warning`; also issued as an
+    :class:`~supermask.runtime.inputs.InputRangeWarning`).
     """
     from .. import datasets
     from .model import _ort
@@ -54,6 +57,7 @@ def evaluate_dataset(
     images, labels = ds.images, ds.labels
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
+    alerts = [m for m in [warn_if_out_of_range(images, model.ticket.metadata, f"data set {ds.name}")] if m]
     result = model.evaluate(images, labels, batch_size=batch_size)
     out = {"ticket": str(ticket), "dataset": ds.name, "split": split}
     out.update(result.to_dict())
@@ -62,7 +66,7 @@ def evaluate_dataset(
                ticket_sha256=model.ticket.sha256,
                # what `find` measured for this mask, as `pack` recorded it (null when unknown)
                ticket_accuracy=meta.get("accuracy"), ticket_dataset=meta.get("dataset"),
-               ticket_test_examples=meta.get("test_examples"))
+               ticket_test_examples=meta.get("test_examples"), warnings=alerts)
     return out
 
 
@@ -79,12 +83,15 @@ def predict_files(
     A ``.npy`` file holds one example (``input_shape``) or a batch (N, ``input_shape``); an
     image is one example. Returns ``predictions``: one row per example with ``input``,
     ``index`` (position in its file), ``class`` (index), ``label`` (class name),
-    ``probability`` (softmax) and ``top`` (the ``top_k`` best as [label, probability]).
+    ``probability`` (softmax) and ``top`` (the ``top_k`` best as [label, probability]), and
+    ``warnings``: one line for each file whose values lie far outside the range the model was
+    trained on (also issued as an :class:`~supermask.runtime.inputs.InputRangeWarning`).
     """
     if not inputs:
         raise InputError("no inputs given")
     model = load(ticket, device, threads=threads)
     batches = [(str(p), read_input(p, model.input_shape)) for p in inputs]  # read all first: fail early
+    alerts = [m for path, batch in batches if (m := warn_if_out_of_range(batch, model.ticket.metadata, path))]
     k = max(1, min(int(top_k), len(model.classes)))
     rows = []
     for path, batch in batches:
@@ -103,4 +110,4 @@ def predict_files(
                 "top": [[model.classes[j], float(probs[i, j])] for j in order],
             })
     return {"ticket": str(ticket), "provider": model.provider, "providers": model.providers,
-            "note": model.note, "predictions": rows}
+            "note": model.note, "warnings": alerts, "predictions": rows}

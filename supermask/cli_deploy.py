@@ -8,7 +8,9 @@ the commands, so ``supermask --help`` stays fast.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import warnings
 
 import click
 
@@ -30,6 +32,19 @@ def _note(result: dict) -> None:
 
     if note_worth_showing(result.get("note")):
         click.echo(f"note: {result['note']}", err=True)
+    for line in result.get("warnings") or ():  # inputs far outside the training range
+        click.echo(f"warning: {line}", err=True)
+
+
+@contextlib.contextmanager
+def _range_warnings_as_lines():
+    """Silence the runtime's InputRangeWarning: the result carries the same lines, which
+    :func:`_note` prints as ``warning: ...``."""
+    from .runtime.inputs import InputRangeWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputRangeWarning)
+        yield
 
 
 @click.command()
@@ -86,8 +101,9 @@ def eval_(ticket: str, dataset: str, split: str, data_dir: str | None, download:
     """Test accuracy of TICKET on a data set, computed with onnxruntime."""
     from .runtime.tasks import evaluate_dataset
 
-    r = evaluate_dataset(ticket, dataset, split=split, data_dir=data_dir, download=download, device=device,
-                         batch_size=batch_size, limit=limit, threads=threads)
+    with _range_warnings_as_lines():
+        r = evaluate_dataset(ticket, dataset, split=split, data_dir=data_dir, download=download, device=device,
+                             batch_size=batch_size, limit=limit, threads=threads)
     _note(r)
     if as_json:
         click.echo(json.dumps(r, indent=2))
@@ -127,7 +143,8 @@ def predict(ticket: str, inputs: tuple[str, ...], device: str, top_k: int, threa
     """
     from .runtime.tasks import predict_files
 
-    r = predict_files(ticket, list(inputs), device=device, top_k=top_k, threads=threads)
+    with _range_warnings_as_lines():
+        r = predict_files(ticket, list(inputs), device=device, top_k=top_k, threads=threads)
     _note(r)
     if as_json:
         click.echo(json.dumps(r, indent=2))

@@ -143,8 +143,8 @@ def find_options(f):
         click.option("--criteria", callback=_names, default=None,
                      help="Comma-separated criteria to evaluate, or 'all' (default: all): "
                           f"{', '.join(crit.CRITERIA)}."),
-        click.option("--keep", "keeps", callback=_float_list, default=None,
-                     help="Fractions of weights to keep, each a fraction in (0, 1], comma-separated "
+        click.option("--keep", "keeps", callback=_float_list, default=None, metavar="FRACTIONS",
+                     help="Weights to keep: a fraction in (0, 1], or several comma-separated "
                           f"(default {','.join(map(str, DEFAULT_KEEPS))}); with edge-popup each keep is "
                           "one training. Not for bernoulli, which learns its density."),
         click.option("--affine", type=click.Choice(list(AFFINE)), default=None,
@@ -259,7 +259,7 @@ def format_results(res: dict) -> str:
               help="A finished `supermask find` run directory.")
 @click.option("--criterion", type=click.Choice([*crit.CRITERIA, "edge-popup", "bernoulli"]), default=None,
               help="Only masks of this criterion (a learned run has only its method's). Default: any.")
-@click.option("--keep", callback=_one_keep, default=None,
+@click.option("--keep", callback=_one_keep, default=None, metavar="FRACTION",
               help="Only masks of this keep, a fraction in (0, 1]. Default: any. A bernoulli run holds one "
                    "mask of a learned density; its printed value (e.g. 0.513108) also selects it.")
 @click.option("--init", "init", type=click.Choice(list(INIT_VARIANTS)), default=None,

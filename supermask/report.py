@@ -568,9 +568,10 @@ def _size_figure(aggs, task, name, plt):
         xs, ys = [p[0] for p in f], [p[1] for p in f]
         ax.step(xs + [max(p[0] for p in points)], ys + [ys[-1]], where="post", color="black", linewidth=1.2,
                 label="size-accuracy frontier")
+    ys = [p[1] for p in points] + _draw_dense(ax, _dense_reference(aggs, task), ":")
     _size_axes(fig, ax, "file size (bytes, log scale; KiB = 1024 B)",
                f"{name}: accuracy against file size, every criterion, init and keep", 8,
-               [p[1] for p in points], {len(a["seeds"]) for a in task})
+               ys, {len(a["seeds"]) for a in task})
     return fig
 
 

@@ -4,6 +4,7 @@ and a one-line `Error:` with exit status 1 for every kind of bad input."""
 from __future__ import annotations
 
 import json
+import zlib
 
 import numpy as np
 import onnx
@@ -17,7 +18,7 @@ from supermask.cli import main
 
 from deploy_helpers import FASHION_CLASSES, fashion_test, make_ticket
 from helpers import needs_data
-from test_runtime_inputs import encode_png
+from test_runtime_inputs import encode_png, png_file
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 DIGITS = [str(i) for i in range(10)]
@@ -189,8 +190,17 @@ def test_predict_bad_inputs(tmp_path, ticket):
     np.save(tmp_path / "str.npy", np.array(["a", "b"]))
     assert_error(invoke("predict", ticket, tmp_path / "str.npy"), "dtype")
     np.save(tmp_path / "obj.npy", np.array([None], dtype=object), allow_pickle=True)
-    assert_error(invoke("predict", ticket, tmp_path / "obj.npy"), "not a readable .npy")
+    assert_error(invoke("predict", ticket, tmp_path / "obj.npy"), "obj.npy", "Python objects", "never loaded")
     assert_error(invoke("predict", ticket, tmp_path / "missing.npy"), "no such file")
+    (tmp_path / "tiny.npy").write_bytes(b"\x93")  # the true reason, not "pickled data"
+    assert_error(invoke("predict", ticket, tmp_path / "tiny.npy"), "tiny.npy: not a valid .npy file", "truncated")
+    # a small file whose header declares a 292 GiB array: refused before anything is allocated
+    with open(tmp_path / "huge.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                 "shape": (100_000_000, 1, 28, 28)})
+        f.write(bytes(65))
+    assert_error(invoke("predict", ticket, tmp_path / "huge.npy"), "huge.npy", "(100000000, 1, 28, 28)",
+                 "313,600,000,000 bytes", "holds only")
     (tmp_path / "big.png").write_bytes(encode_png(np.zeros((32, 32), np.uint8)))
     assert_error(invoke("predict", ticket, tmp_path / "big.png"), "resize")
     (tmp_path / "a.txt").write_text("hello")
@@ -205,11 +215,22 @@ def test_predict_bad_inputs(tmp_path, ticket):
     assert_error(invoke("predict", ticket, tmp_path / "empty.npy"), "empty.npy", "no examples")
     np.save(tmp_path / "empty2.npy", np.zeros((0, 28, 28), np.float32))
     assert_error(invoke("predict", "--json", ticket, tmp_path / "empty2.npy"), "empty2.npy", "no examples")
-    # a file declaring a huge image is refused from its header, before it is inflated
-    (tmp_path / "bomb.png").write_bytes(encode_png(np.zeros((1, 1), np.uint8)).replace(
-        b"IHDR" + (1).to_bytes(4, "big") * 2, b"IHDR" + (30000).to_bytes(4, "big") * 2))
-    assert_error(invoke("predict", ticket, tmp_path / "bomb.png"), "bomb.png", "30000x30000", "expects 28x28")
+    # a file declaring a huge image is refused from its header, before it is decoded
+    for side, words in ((9000, "9000x9000"), (30000, "far too large")):
+        (tmp_path / "bomb.png").write_bytes(png_file(side, side, zlib.compress(bytes(100))))
+        assert_error(invoke("predict", ticket, tmp_path / "bomb.png"), "bomb.png", words, "expects 28x28")
     assert invoke("predict", ticket).exit_code == 2  # no inputs: usage error
+
+
+def test_predict_image_without_pillow(tmp_path, ticket, monkeypatch):
+    import sys
+
+    (tmp_path / "a.png").write_bytes(encode_png(np.zeros((28, 28), np.uint8)))
+    monkeypatch.setitem(sys.modules, "PIL", None)  # `import PIL` fails, as without the [images] extra
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)
+    r = invoke("predict", ticket, tmp_path / "a.png")
+    assert_error(r, "a.png: reading images needs Pillow", 'pip install "supermask[images]"')
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("kind", ["junk", "corrupt", "truncated", "missing"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import shutil
 import signal
@@ -195,3 +196,192 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
     assert {f: f.stat().st_mtime_ns for f in first.parent.iterdir()} == stamps  # untouched
     manifest = json.loads((out / "sweep.json").read_text())
     assert [x["state"] for x in manifest["runs"]] == ["done"] * 3
+
+
+# ----------------------------------------------------------------------------- plots and tables
+
+
+def _sized(seed, accuracy, ticket=4096, **kw):
+    """A row with every representation's size, so it reaches the size and ticket plots."""
+    sizes = dict(dense_float32_bytes=40_000, dense_onnx_bytes=41_000, sparse_onnx_bytes=30_000,
+                 ticket_bitpack_bytes=ticket + 100, ticket_entropy_bytes=ticket)
+    return _row(seed, accuracy, **{**sizes, **kw})
+
+
+def _dense(seed, accuracy, **kw):
+    return _sized(seed, accuracy, criterion="dense", init="trained", keep=1.0, density=1.0,
+                  ticket_bitpack_bytes=None, ticket_entropy_bytes=None, **kw)
+
+
+@pytest.fixture
+def figures():
+    """The report's matplotlib figures for some rows, by file name; closed afterwards."""
+    from matplotlib import pyplot as plt
+
+    def make(rows):
+        return dict(R.figures(R.aggregate(rows)))
+
+    yield make
+    plt.close("all")
+
+
+def _dense_lines(ax):
+    return [ln for ln in ax.get_lines() if str(ln.get_label()).startswith("dense, trained")]
+
+
+def test_accuracy_axis_spans_at_least_five_points_and_shows_the_dense_reference(figures):
+    # seed noise of 0.3 points must not fill the whole height of the plot
+    lo, hi = R.accuracy_limits([88.1, 88.4])
+    assert hi - lo >= R.MIN_ACCURACY_SPAN == 5.0 and lo < 88.1 and hi > 88.4
+    assert R.accuracy_limits([99.9, 100.0])[1] <= 100.5  # a widened span is not pushed far past 100 %
+    assert R.accuracy_limits([10.0, 90.0]) == pytest.approx((6.0, 94.0))  # a wide span is left as it is
+    rows = [_dense(0, 0.975), _sized(0, 0.881, keep=0.5), _sized(0, 0.884, keep=0.3),
+            _sized(0, 0.883, keep=0.5, method="edge-popup", criterion="edge-popup",
+                   train_init="signed_kaiming_constant", train_config="c9")]
+    figs = figures(rows)
+    ax = figs["accuracy_vs_keep_m_d_original.png"].axes[0]
+    y0, y1 = ax.get_ylim()
+    assert y1 - y0 >= 5.0 and y0 <= 88.1 and y1 >= 97.5
+    (dense,) = _dense_lines(ax)
+    assert list(dense.get_ydata()) == [97.5, 97.5] and "97.5 %" in dense.get_label()
+    # a learned run trains no dense network: its plots borrow the criteria run's, and say so
+    ax = figs["accuracy_vs_keep_m_d_edge-popup_original.png"].axes[0]
+    (dense,) = _dense_lines(ax)
+    assert list(dense.get_ydata()) == [97.5, 97.5] and "criteria run" in dense.get_label()
+    for name in ("accuracy_vs_size_m_d.png", "accuracy_vs_ticket_m_d.png"):
+        ax = figs[name].axes[0]
+        y0, y1 = ax.get_ylim()
+        assert y1 - y0 >= 5.0 and y1 >= 97.5 and _dense_lines(ax) or name.startswith("accuracy_vs_size")
+
+
+def test_one_seed_shows_the_value_without_a_band(figures):
+    one = [_dense(0, 0.975), _sized(0, 0.881, keep=0.5), _sized(0, 0.70, keep=0.3)]
+    aggs = R.aggregate(one)
+    tables = R._tables(aggs, R.best_per_budget(aggs))
+    text = "\n".join(t + "\n" + "\n".join(" ".join(r) for r in body) for t, _, body in tables)
+    assert "97.5 (97.5-97.5)" not in text and "88.1 (88.1-88.1)" not in text
+    keep_title, _, body = tables[0]
+    assert body[0][1] == "97.5" and body[1][1:] == ["88.1", "70.0"]
+    assert "seed 0" in keep_title and "min-max" not in keep_title
+    assert tables[-1][2][0][-2:] == ["88.1", "1"]  # best per budget: the value and the seed count
+    ax = figures(one)["accuracy_vs_keep_m_d_original.png"].axes[0]
+    assert "band" not in ax.get_title() and "one seed" in ax.get_title()
+    assert not ax.collections  # no min-max band is drawn
+    # with several seeds: the mean and its min-max, and how many seeds
+    three = one + [_dense(1, 0.97, run="r1"), _sized(1, 0.871, keep=0.5), _sized(1, 0.72, keep=0.3),
+                   _dense(2, 0.98, run="r2"), _sized(2, 0.891, keep=0.5), _sized(2, 0.71, keep=0.3)]
+    aggs = R.aggregate(three)
+    keep_title, _, body = R._tables(aggs, R.best_per_budget(aggs))[0]
+    assert "mean (min-max) over 3 seeds (0, 1, 2)" in keep_title
+    assert body[1][1] == "88.1 (87.1-89.1)"
+    ax = figures(three)["accuracy_vs_keep_m_d_original.png"].axes[0]
+    assert "mean over 3 seeds; band: min-max over seeds" in ax.get_title().replace("\n", " ")
+    assert ax.collections  # the band
+
+
+def test_plots_and_tables_name_the_init_scheme_the_run_used(figures):
+    assert R.init_label("signed_kaiming_constant", "original") == "signed_kaiming_constant"
+    assert R.init_label("kaiming_uniform", "original") == "kaiming_uniform"
+    assert R.init_label("kaiming_uniform", "signed-constant") == "signed_kaiming_constant, signs of kaiming_uniform"
+    assert R.init_label("glorot_uniform", "signed-constant") == "signed_glorot_constant, signs of glorot_uniform"
+    edge = dict(method="edge-popup", criterion="edge-popup", train_init="signed_kaiming_constant")
+    rows = [_sized(0, 0.96, keep=0.1, **edge), _sized(0, 0.5, keep=0.1, init="signed-constant")]
+    figs = figures(rows)
+    title = figs["accuracy_vs_keep_m_d_edge-popup_original.png"].axes[0].get_title().replace("\n", " ")
+    assert "init signed_kaiming_constant" in title and "init original" not in title
+    title = figs["accuracy_vs_keep_m_d_signed-constant.png"].axes[0].get_title().replace("\n", " ")
+    assert "init signed_kaiming_constant, signs of kaiming_uniform" in title
+    legend = [t.get_text() for t in figs["accuracy_vs_ticket_m_d.png"].axes[0].get_legend().get_texts()]
+    assert "edge-popup (signed_kaiming_constant)" in legend
+    aggs = R.aggregate(rows)
+    tables = R._tables(aggs, R.best_per_budget(aggs))
+    assert any("learned by edge-popup, init signed_kaiming_constant:" in t for t, _, _ in tables)
+    assert ["edge-popup", "original (signed_kaiming_constant)"] in [b[:2] for _, _, body in tables for b in body]
+
+
+def test_size_axes_read_in_bytes(figures):
+    assert [R.bytes_label(n) for n in (512, 4096, 1536, 34 * 1024 + 200, 1023 * 1024, 3 << 20)] == [
+        "512 B", "4 KiB", "1.5 KiB", "34.2 KiB", "1023 KiB", "3 MiB"]
+    assert R.size_ticks(11_000, 36_000) == [12288, 16384, 24576, 32768]  # narrow: 1.5x steps too
+    assert R.size_ticks(2000, 1.1e6) == [2048, 8192, 32768, 131072, 524288]  # wide: thinned powers of 2
+    rows = [_sized(0, 0.6, keep=0.5, ticket=4096), _sized(0, 0.5, keep=0.1, ticket=2600)]
+    for name, fig in figures(rows).items():
+        if "_vs_keep_" in name:
+            continue
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        assert labels and all(re.fullmatch(r"[\d.]+ (B|KiB|MiB)", s) for s in labels), (name, labels)
+        assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))  # no 4x10^3 minor labels
+        assert ax.xaxis.get_major_formatter()(4096, 0) == "4 KiB"
+        assert "KiB = 1024 B" in ax.get_xlabel()
+
+
+def test_overlapping_markers_get_labels(figures):
+    assert R.overlapping([("a", 0, 0), ("b", 3, 4), ("a", 10, 0), ("c", 50, 50)], radius=6) == [1]
+    assert R.overlapping([("a", 0, 0), ("a", 1, 0)], radius=6) == []  # one series' own points
+    bern = dict(method="bernoulli", criterion="bernoulli", train_init="signed_kaiming_constant", train_config="b")
+    edge = dict(method="edge-popup", criterion="edge-popup", train_init="signed_kaiming_constant", train_config="e")
+    rows = [_sized(0, 0.881, keep=0.505, density=0.505, ticket=35_000, **bern),
+            _sized(0, 0.881, keep=0.5, ticket=35_010, **edge), _sized(0, 0.88, keep=0.3, ticket=30_000, **edge),
+            _sized(0, 0.87, keep=0.1, ticket=17_000, **edge)]
+    ax = figures(rows)["accuracy_vs_ticket_m_d.png"].axes[0]
+    assert [t.get_text() for t in ax.texts] == ["bernoulli"]  # the lone marker is named
+    ring = next(ln for ln in ax.get_lines() if str(ln.get_label()).startswith("bernoulli"))
+    assert ring.get_markerfacecolor() == "none"  # and drawn as a ring, so the marker below shows
+    rows[0] = _sized(0, 0.60, keep=0.505, density=0.505, ticket=35_000, **bern)  # apart: no label
+    ax = figures(rows)["accuracy_vs_ticket_m_d.png"].axes[0]
+    assert not ax.texts
+
+
+def test_learned_densities_are_averaged_openly(figures):
+    bern = dict(method="bernoulli", criterion="bernoulli", train_init="signed_kaiming_constant")
+    rows = [_sized(0, 0.8, keep=0.506, density=0.506, **bern), _sized(1, 0.9, keep=0.504, density=0.504, **bern)]
+    (agg,) = R.aggregate(rows)
+    assert (agg["keep_min"], agg["keep_max"]) == (0.504, 0.506)
+    assert (agg["density_min"], agg["density_max"]) == (0.504, 0.506)
+    title, header, body = R._tables([agg], [])[0]
+    assert header[1] == "learned keep 0.505 (mean over 2 seeds, 0.504-0.506)"
+    assert body == [["bernoulli", "85.0 (80.0-90.0)"]]
+    size_row = R._tables([agg], [])[1][2][0]
+    assert size_row[2] == "0.505 (learned; mean, 0.504-0.506)"
+    fig = figures(rows)["accuracy_vs_keep_m_d_bernoulli_original.png"]
+    ax = fig.axes[0]
+    assert "keep: mean of the densities the seeds learned" in ax.get_title().replace("\n", " ")
+    assert "bars: min-max over seeds" in ax.get_title().replace("\n", " ")
+    legend = " ".join(t.get_text() for t in figures(rows)["accuracy_vs_ticket_m_d.png"].axes[0].get_legend().get_texts())
+    assert "mean of 2 seeds' learned densities" in legend.replace("\n", " ")
+
+
+class _Bar:
+    """Stands in for supermask.train.meter.Progress and records how it was used."""
+
+    made: list["_Bar"] = []
+
+    def __init__(self, total, label, enabled=True):
+        self.total, self.label, self.enabled, self.done, self.closed = total, label, enabled, [], False
+        _Bar.made.append(self)
+
+    def update(self, done, **stats):
+        self.done.append(done)
+
+    def close(self):
+        self.closed = True
+
+
+def test_report_progress_is_a_bar_not_warnings(tiny_sweep, tmp_path, monkeypatch, caplog):
+    from supermask.train import meter
+
+    monkeypatch.setattr(meter, "Progress", _Bar)
+    _Bar.made = []
+    caplog.set_level(logging.INFO)
+    r = CliRunner().invoke(main, ["report", str(tiny_sweep), "-o", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    (bar,) = _Bar.made
+    assert bar.enabled and bar.total == 18 and bar.done == list(range(1, 19)) and bar.closed
+    assert not [x for x in caplog.records if x.name.startswith("supermask") and x.levelno >= logging.WARNING]
+    assert any(x.name == "supermask.report" and x.levelno == logging.INFO for x in caplog.records)
+    _Bar.made = []
+    r = CliRunner().invoke(main, ["report", str(tiny_sweep), "-o", str(tmp_path / "b"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert [b.enabled for b in _Bar.made] == [False]

@@ -149,6 +149,7 @@ def model_info(cfg: FindConfig, inputs: _Inputs) -> dict:
     """``model.json``: the plan of the network and what its input and output are."""
     ds = inputs.test_set
     x = np.asarray(ds.images)
+    train = np.asarray(inputs.train_set.images)
     return {
         "model": cfg.model,
         "class": type(inputs.subject.module).__name__,
@@ -156,6 +157,9 @@ def model_info(cfg: FindConfig, inputs: _Inputs) -> dict:
         "input_shape": list(ds.input_shape),
         "input_dtype": "uint8" if x.dtype == np.uint8 else "float32",
         "input_range": [float(x.min()), float(x.max())] if x.size else [0.0, 1.0],
+        # the raw training inputs' min and max: pack records them in the ticket, and the runtime
+        # warns about inputs far outside them
+        "train_input_range": [float(train.min()), float(train.max())] if train.size else None,
         "preprocess": inputs.preprocess.to_dict(),
         "classes": list(ds.classes),
         "dataset": cfg.dataset,

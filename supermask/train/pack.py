@@ -135,6 +135,10 @@ def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | Non
         meta["init_variant"] = init
     if cfg.affine != "fixed":
         meta["affine"] = cfg.affine
+    # the raw training inputs' range (absent in older runs): the runtime warns about inputs far outside it
+    rng = info.get("train_input_range")
+    if isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, (int, float)) and np.isfinite(v) for v in rng):
+        meta["input_min"], meta["input_max"] = (int(v) if float(v).is_integer() else float(v) for v in rng)
     data = encode_v3(graph, seed=cfg.seed, init=spec, roles={n: roles[n] for n in used}, classes=info["classes"],
                      masks={n: m for n, m in masks.items() if n in used},
                      stored={n: v for n, v in stored.items() if n in used},
