@@ -319,7 +319,7 @@ def graph_session(graph: bytes, weights: dict[str, np.ndarray], device: str = "a
             raise RuntimeUnavailableError(f"CUDA was requested but {why}; use --device auto or cpu")
         note = f"{why}; running on the CPU"
     if note:
-        log.info(note)
+        log.debug(note)
     return session, note, keep
 
 

@@ -27,7 +27,7 @@ _JSON_HELP = "Print the result as JSON (accuracies as fractions, not percentages
 
 def _note(result: dict) -> None:
     """Print why CUDA was not used, when that is news: with a GPU build of onnxruntime. On a
-    CPU-only build the CPU is the expected device, and the note only goes to the INFO log."""
+    CPU-only build the CPU is the expected device, and the note only goes to the debug log (-vv)."""
     from .runtime.model import note_worth_showing
 
     if note_worth_showing(result.get("note")):
