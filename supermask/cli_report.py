@@ -55,22 +55,35 @@ def sweep(models, dataset_names, seeds, out, **opts):
 
 
 @click.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("runs", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Folder for results.csv/json, report.md, the PNG plots and report.html.")
 @click.option("--keep-files", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Keep every measured file (tickets, ONNX models, float32 weights) under this folder.")
+@click.option("--from-csv", "from_csv", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
+              help="Draw the tables and plots again from the results.csv of an earlier report, without "
+                   "measuring (instead of RUNS).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
-def report(runs, out, keep_files, quiet):
+def report(runs, out, keep_files, from_csv, quiet):
     """Size-vs-accuracy report over find runs or sweep folders (RUNS...).
 
     Every row's sizes come from files actually written: the ticket bit-packed and
     entropy-coded, dense and sparse ONNX, and the dense float32 weights.
     """
-    from .report import report as run_report
+    from .report import read_rows, report as run_report, require_matplotlib, write_report
 
+    if bool(runs) == bool(from_csv):
+        raise click.UsageError("give run or sweep folders (RUNS...) or --from-csv FILE, not both" if runs
+                               else "give the run or sweep folders to report on (RUNS...), or --from-csv FILE")
+    if from_csv and keep_files:
+        raise click.UsageError("--keep-files needs RUNS: --from-csv measures nothing")
     command = "supermask " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["report"] else None
-    written = run_report(runs, out, artifacts=keep_files, progress=not quiet, command=command)
+    if from_csv:
+        require_matplotlib()
+        rows = read_rows(from_csv)  # read before writing: FILE may be OUT/results.csv itself
+        written = write_report(rows, out, command=command)
+    else:
+        written = run_report(runs, out, artifacts=keep_files, progress=not quiet, command=command)
     click.echo(f"wrote {len(written)} files to {out}: " + ", ".join(sorted(written)))
 
 

@@ -767,6 +767,40 @@ def write_report(rows: list[dict], out: str | os.PathLike, *, command: str | Non
     return written
 
 
+_INT_COLUMNS = {"seed", "num_weights", "num_params", *REPRESENTATIONS}
+_FLOAT_COLUMNS = {"keep", "accuracy", "density", "bits_per_weight_bitpack", "bits_per_weight_entropy"}
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a ``results.csv`` that :func:`write_report` wrote, with their types back
+    (empty cells are None), so a report can be drawn again without measuring."""
+    from .errors import SupermaskError
+
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise SupermaskError(f"{path} is not a results.csv of `supermask report`: no column "
+                                     f"{', '.join(missing[:5])}")
+            rows = []
+            for r in reader:
+                row = {}
+                for k in COLUMNS:
+                    v = r[k]
+                    row[k] = (None if v in ("", None) else int(v) if k in _INT_COLUMNS
+                              else float(v) if k in _FLOAT_COLUMNS else v)
+                rows.append(row)
+    except OSError as e:
+        raise SupermaskError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise SupermaskError(f"{path}: a cell is not a number ({e})") from None
+    if not rows:
+        raise SupermaskError(f"{path} holds no rows")
+    return rows
+
+
 def report(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, artifacts: str | None = None,
            progress: bool = True, command: str | None = None) -> dict[str, Path]:
     """Measure every run under ``paths`` and write the report into ``out``."""

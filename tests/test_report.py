@@ -385,3 +385,31 @@ def test_report_progress_is_a_bar_not_warnings(tiny_sweep, tmp_path, monkeypatch
     r = CliRunner().invoke(main, ["report", str(tiny_sweep), "-o", str(tmp_path / "b"), "--quiet"])
     assert r.exit_code == 0, r.output
     assert [b.enabled for b in _Bar.made] == [False]
+
+
+def test_a_report_is_drawn_again_from_its_csv(tmp_path):
+    pytest.importorskip("matplotlib")
+    from supermask.report import read_rows, write_report
+
+    rows = []
+    for seed, accuracy in ((0, 0.81), (1, 0.83)):
+        rows.append(dict(model="lenet-300-100", dataset="digits", method="criteria", selection="layerwise",
+                         train_init="kaiming_uniform", train_config="abc", criterion="random", init="original",
+                         keep=0.5, seed=seed, accuracy=accuracy, density=0.5, num_weights=1000, num_params=1010,
+                         dense_float32_bytes=4040, dense_onnx_bytes=5000, sparse_onnx_bytes=3000,
+                         ticket_bitpack_bytes=400, ticket_entropy_bytes=380, bits_per_weight_bitpack=3.2,
+                         bits_per_weight_entropy=3.04, train_hash=f"h{seed}", run=f"runs/s{seed}"))
+    write_report(rows, tmp_path / "a")
+    again = read_rows(tmp_path / "a" / "results.csv")
+    assert again == [{k: r[k] for k in again[0]} for r in rows]
+    r = CliRunner().invoke(main, ["report", "--from-csv", str(tmp_path / "a" / "results.csv"), "-o",
+                                  str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    for name in ("results.csv", "report.md", "results.json"):  # the same tables and numbers
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text(), name
+    bad = tmp_path / "bad.csv"
+    bad.write_text("model,dataset\nx,y\n")
+    r = CliRunner().invoke(main, ["report", "--from-csv", str(bad), "-o", str(tmp_path / "c")])
+    assert r.exit_code == 1 and "is not a results.csv of `supermask report`" in r.output
+    r = CliRunner().invoke(main, ["report", "-o", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "RUNS" in r.output
