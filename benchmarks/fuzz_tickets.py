@@ -1,10 +1,13 @@
 """Fuzz the ticket reader and print the figures quoted in docs/reliability.md.
 
-    python benchmarks/fuzz_tickets.py [--cases 200000] [--seed 1]
+    python benchmarks/fuzz_tickets.py [--cases 200000] [--meaning-cases 5000] [--seed 1]
 
 Runs every single-bit flip and every truncation of the sample tickets, then a random campaign
 of header mutations (with valid checksums), splices, multi-bit flips and re-signed damage.
-Any exception other than a SupermaskError stops the run with a traceback.
+Last, mutations of the header's meaning (shapes, counts, scales, preprocessing), repaired so
+they pass the integrity checks, are read, regenerated and run with onnxruntime in a child
+process whose address space is capped at 3 GiB (Linux). Any exception other than a
+SupermaskError (MemoryError included) stops the run with a traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import fuzzlib  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=200_000, help="random mutations (default 200000)")
+    ap.add_argument("--meaning-cases", type=int, default=5_000,
+                    help="meaning mutations run end to end under the memory cap (default 5000; 0 skips)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     start = time.perf_counter()
@@ -35,6 +40,13 @@ def main() -> None:
     print(f"random campaign: {args.cases:,} cases, seed {args.seed}")
     for (family, outcome), n in sorted(counts.items()):
         print(f"  {family:<18} {outcome:<24} {n:,}")
+    if args.meaning_cases:
+        status, meaning, stderr = fuzzlib.meaning_campaign_capped(args.seed, args.meaning_cases, timeout=24 * 3600)
+        if status != 0:
+            sys.exit(f"meaning campaign failed (exit status {status}):\n{stderr[-5000:]}")
+        print(f"meaning campaign: {args.meaning_cases:,} cases under a 3 GiB address-space cap, seed {args.seed}")
+        for (kind, outcome), n in sorted(meaning.items()):
+            print(f"  {kind:<18} {outcome:<24} {n:,}")
     print(f"untyped exceptions: 0; wall time {time.perf_counter() - start:.0f} s")
 
 

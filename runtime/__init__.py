@@ -21,6 +21,11 @@ ticket's architecture description (preprocessing included) and opens a session. 
 * ``cuda``: strict; raises :class:`~supermask.errors.RuntimeUnavailableError` when CUDA is
   not available instead of running on the CPU.
 * ``cpu``: the CPU provider only.
+
+``load(..., max_memory=...)`` caps the memory a ticket may ask for (default 4 GiB, or the
+``SUPERMASK_MAX_MEMORY`` environment variable): above the estimate it raises
+:class:`~supermask.errors.MemoryLimitError` before allocating. NaN or infinite logits raise
+:class:`~supermask.errors.NonFiniteError`.
 """
 
 from __future__ import annotations

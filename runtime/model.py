@@ -12,9 +12,9 @@ import warnings
 from dataclasses import dataclass
 import numpy as np
 
-from ..errors import InputError, RuntimeUnavailableError, SupermaskError
+from ..errors import InputError, NonFiniteError, RuntimeUnavailableError, SupermaskError
 from ..prediction import predict_classes
-from ..ticket import Ticket, read_ticket
+from ..ticket import Ticket, check_memory, read_ticket, resolve_max_memory
 from .inputs import to_batch
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,11 @@ class Model:
             raise SupermaskError(f"the ticket's graph returned logits of shape {getattr(z, 'shape', None)} for {n} "
                                  f"inputs; {len(self.classes)} classes need ({n}, {len(self.classes)}): the ticket "
                                  f"is inconsistent")
+        if not np.isfinite(z).all():
+            bad = int(np.count_nonzero(~np.isfinite(z).all(axis=1)))
+            raise NonFiniteError(f"the network produced NaN or infinite logits for {bad} of {n} inputs: the "
+                                 f"ticket's preprocessing or weights, or these inputs, are out of the range "
+                                 f"float32 can carry (inputs are raw values, e.g. pixels 0-255)")
         return z
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -324,18 +329,23 @@ def graph_session(graph: bytes, weights: dict[str, np.ndarray], device: str = "a
 
 
 def load(source: Ticket | str | os.PathLike, device: str = "auto", *, threads: int | None = None,
-         verify: bool = True) -> Model:
+         verify: bool = True, max_memory: int | str | None = None) -> Model:
     """Read a ticket, regenerate and mask its weights, and open an onnxruntime session.
 
     ``device``: ``auto`` (CUDA when onnxruntime can use it, else the CPU with a note in
     :attr:`Model.note`), ``cuda`` (raise :class:`RuntimeUnavailableError` without CUDA) or
     ``cpu``. ``threads`` caps onnxruntime's intra-op threads. ``verify`` checks the
-    regenerated weights against the fingerprints in the ticket.
+    regenerated weights against the fingerprints in the ticket. ``max_memory`` (bytes, or a
+    size such as ``"2GiB"``; default: ``SUPERMASK_MAX_MEMORY`` or 4 GiB) caps what decoding,
+    regeneration and the session are estimated to need; above it,
+    :class:`~supermask.errors.MemoryLimitError` is raised before anything large is allocated.
     """
     if device not in DEVICES:
         raise SupermaskError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-    ticket = source if isinstance(source, Ticket) else read_ticket(source)
-    weights = ticket.weights(verify=verify)
+    cap = resolve_max_memory(max_memory)
+    ticket = source if isinstance(source, Ticket) else read_ticket(source, max_memory=cap)
+    check_memory("loading this ticket", ticket.memory_estimate(session=True), cap)
+    weights = ticket.weights(verify=verify, max_memory=cap)
     if ticket.graph is not None:
         session, note, buffers = graph_session(ticket.graph, weights, device, threads)
     else:

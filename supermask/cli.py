@@ -14,6 +14,7 @@ import sys
 import click
 
 from . import __version__
+from .cli_deploy import max_memory_option
 from .errors import SupermaskError
 
 
@@ -127,14 +128,16 @@ def format_summary(path: str, s: dict, extra: list[tuple[str, str]] = ()) -> str
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as JSON (accuracies and densities as fractions, not percentages).")
 @click.option("--verify/--no-verify", default=False,
-              help="Also regenerate every tensor from the seed and check it against the ticket's fingerprints.")
-def inspect(ticket: str, as_json: bool, verify: bool) -> None:
+              help="Also regenerate every tensor from the seed and check it against the ticket's fingerprints "
+                   "(piece by piece: memory stays small whatever the tensor sizes).")
+@max_memory_option
+def inspect(ticket: str, as_json: bool, verify: bool, max_memory: int | None) -> None:
     """Summarise a ticket: model, seed, init, sizes and per-tensor densities."""
     from .ticket import read_ticket
 
-    t = read_ticket(ticket)
+    t = read_ticket(ticket, max_memory=max_memory)
     if verify:
-        t.weights(verify=True)
+        t.verify()
     s = t.summary()
     s["verified"] = verify
     if as_json:

@@ -36,6 +36,27 @@ def _note(result: dict) -> None:
         click.echo(f"warning: {line}", err=True)
 
 
+def _max_memory(ctx, param, value: str | None) -> int | None:
+    if value is None:
+        return None
+    from .errors import SupermaskError
+    from .ticket import parse_size
+
+    try:
+        return parse_size(value)
+    except SupermaskError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def max_memory_option(f):
+    """--max-memory SIZE: the memory cap for decoding, regenerating and running a ticket."""
+    return click.option(
+        "--max-memory", "max_memory", callback=_max_memory, default=None, metavar="SIZE",
+        help="Refuse a ticket whose weights (and onnxruntime session) would need more memory than SIZE, "
+             "before allocating it: bytes, or a number with a unit (512MiB, 2GiB, 4GB). "
+             "Default: $SUPERMASK_MAX_MEMORY, else 4GiB.")(f)
+
+
 @contextlib.contextmanager
 def _range_warnings_as_lines():
     """Silence the runtime's InputRangeWarning: the result carries the same lines, which
@@ -57,7 +78,9 @@ def _range_warnings_as_lines():
               help="dense: plain initializers; sparse: each tensor (weights and biases) stored as "
                    "values + int64 indices when that is smaller.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def export(ticket: str, out: str | None, output: str | None, fmt: str, as_json: bool) -> None:
+@max_memory_option
+def export(ticket: str, out: str | None, output: str | None, fmt: str, as_json: bool,
+           max_memory: int | None) -> None:
     """Write a self-contained ONNX model of TICKET (input: raw pixels, output: logits) to -o/--out."""
     if out is None and output is None:
         raise click.MissingParameter(param_hint="'-o' / '--out'", param_type="option")
@@ -72,7 +95,10 @@ def export(ticket: str, out: str | None, output: str | None, fmt: str, as_json: 
         raise RuntimeUnavailableError(f"writing an ONNX file needs the onnx package ({e}); install it with "
                                       f"`pip install \"supermask[export]\"`") from None
 
-    r = export_ticket(ticket, output, fmt)
+    from .ticket import memory_cap
+
+    with memory_cap(max_memory):
+        r = export_ticket(ticket, output, fmt)
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=2))
     else:
@@ -95,13 +121,15 @@ def export(ticket: str, out: str | None, output: str | None, fmt: str, as_json: 
 @click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N examples.")
 @threads_option("onnxruntime")
+@max_memory_option
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 def eval_(ticket: str, dataset: str, split: str, data_dir: str | None, download: bool, device: str,
-          batch_size: int, limit: int | None, threads: int | None, as_json: bool) -> None:
+          batch_size: int, limit: int | None, threads: int | None, max_memory: int | None, as_json: bool) -> None:
     """Test accuracy of TICKET on a data set, computed with onnxruntime."""
     from .runtime.tasks import evaluate_dataset
+    from .ticket import memory_cap
 
-    with _range_warnings_as_lines():
+    with _range_warnings_as_lines(), memory_cap(max_memory):
         r = evaluate_dataset(ticket, dataset, split=split, data_dir=data_dir, download=download, device=device,
                              batch_size=batch_size, limit=limit, threads=threads)
     _note(r)
@@ -125,10 +153,11 @@ def eval_(ticket: str, dataset: str, split: str, data_dir: str | None, download:
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True,
               help="Also list the K most likely classes.")
 @threads_option("onnxruntime")
+@max_memory_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print the predictions as JSON (probabilities as fractions).")
 def predict(ticket: str, inputs: tuple[str, ...], device: str, top_k: int, threads: int | None,
-            as_json: bool) -> None:
+            max_memory: int | None, as_json: bool) -> None:
     """Predict classes for INPUTS: .npy arrays (one example or a batch) and image files.
 
     \b
@@ -142,8 +171,9 @@ def predict(ticket: str, inputs: tuple[str, ...], device: str, top_k: int, threa
     preprocessing). A file of another shape is an error that names the expected shape.
     """
     from .runtime.tasks import predict_files
+    from .ticket import memory_cap
 
-    with _range_warnings_as_lines():
+    with _range_warnings_as_lines(), memory_cap(max_memory):
         r = predict_files(ticket, list(inputs), device=device, top_k=top_k, threads=threads)
     _note(r)
     if as_json:

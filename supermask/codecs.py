@@ -94,8 +94,10 @@ def decode_entropy(data: bytes | memoryview, n: int) -> np.ndarray:
         return reference_decode(data, n)
     coder = constriction.stream.stack.AnsCoder(words.astype(np.uint32))
     model = _model(q)
-    out = np.empty(n, dtype=bool)
+    out = np.zeros(n, dtype=bool)
     for start in range(0, n, _DECODE_CHUNK):
+        if coder.is_empty():
+            break  # state 0 with no words left decodes to zeros only: the rest of `out` is done
         stop = min(start + _DECODE_CHUNK, n)
         try:
             out[start:stop] = coder.decode(model, stop - start)
@@ -118,6 +120,8 @@ def reference_decode(data: bytes | memoryview, n: int) -> np.ndarray:
             state = (state << 32) | words.pop()
     out = np.zeros(n, dtype=bool)
     for i in range(n):
+        if state == 0 and not words:
+            break  # from here on every bit decodes to 0 and the state stays 0
         quantile = state & (_ONE - 1)
         if quantile >= zero_start:
             out[i] = True

@@ -71,3 +71,13 @@ class ReportError(SupermaskError):
 class ModelError(SupermaskError):
     """A network cannot be used as asked: its factory fails, it has nothing to mask, a pattern
     matches no layer, or it cannot be exported to ONNX (the message names the layer)."""
+
+
+class MemoryLimitError(SupermaskError):
+    """Regenerating or running a ticket would need more memory than the cap allows (the
+    message gives both sizes and how to raise the cap); also raised when memory runs out."""
+
+
+class NonFiniteError(SupermaskError):
+    """A network produced NaN or infinite values (logits): its ticket or its inputs are out of
+    the range float32 arithmetic can carry."""

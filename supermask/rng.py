@@ -197,17 +197,55 @@ def _stream_at(seed: int, key1: int, element: int) -> np.random.Philox:
 
 def _fill(seed: int, key1: int, aux_key1: int, distribution: str, arg: np.float32,
           out: np.ndarray, start: int, stop: int) -> None:
+    """Write elements ``[start, stop)`` of a tensor into ``out`` (of length ``stop - start``);
+    ``start`` is a multiple of 8 (one Philox block)."""
     gen = _stream_at(seed, key1, start)
     aux = _stream_at(seed, aux_key1, start) if distribution == "normal" else None
     for a in range(start, stop, _CHUNK):
         b = min(a + _CHUNK, stop)
         h = _halves(gen, b - a)
+        o = out[a - start:b - start]
         if distribution == "uniform":
-            _uniform_chunk(h, arg, out[a:b])
+            _uniform_chunk(h, arg, o)
         elif distribution == "signed_constant":
-            _signed_chunk(h, arg, out[a:b])
+            _signed_chunk(h, arg, o)
         else:
-            _normal_chunk(h, _halves(aux, b - a), arg, out[a:b])
+            _normal_chunk(h, _halves(aux, b - a), arg, o)
+
+
+def generate_range(seed: int, name: str, start: int, stop: int, distribution: str, scale: float,
+                   threads: int | None = None) -> np.ndarray:
+    """Elements ``[start, stop)`` (C order) of a tensor's initial weights, flat float32.
+
+    The generator is counter-based, so any range can be made without the elements before it:
+    ``generate`` is ``generate_range(0, n)`` reshaped, and a tensor can be fingerprinted one
+    range at a time (:func:`stream_fingerprint`) in memory bounded by the range.
+    """
+    if distribution not in DISTRIBUTIONS:
+        raise InitSpecError(f"unknown distribution {distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}")
+    scale32 = np.float32(scale)
+    if not (np.isfinite(scale32) and 2.0**-60 < scale32 < 2.0**60):
+        raise InitSpecError(f"scale {scale!r} is outside (2**-60, 2**60)")
+    seed = _check_seed(seed)
+    start, stop = int(start), int(stop)
+    if not 0 <= start <= stop:
+        raise ValueError(f"bad element range [{start}, {stop})")
+    first = start - start % 8  # streams start on a block boundary (8 elements)
+    n = stop - first
+    out = np.empty(n, dtype=np.float32)
+    arg = np.float32(scale32 * np.float32(2.0**-24)) if distribution == "uniform" else scale32
+    key1, aux_key1 = tensor_key(name), tensor_key(name + "\x00normal")
+    workers = min(threads or os.cpu_count() or 1, 8)
+    if workers <= 1 or n < _PARALLEL_MIN:
+        _fill(seed, key1, aux_key1, distribution, arg, out, first, stop)
+    else:
+        # Split points are multiples of _CHUNK (itself a multiple of 8 elements = 1 block).
+        per = -(-n // workers // _CHUNK) * _CHUNK
+        bounds = [(a, min(a + per, n)) for a in range(0, n, per)]
+        with ThreadPoolExecutor(len(bounds)) as pool:
+            list(pool.map(lambda ab: _fill(seed, key1, aux_key1, distribution, arg, out[ab[0]:ab[1]],
+                                           first + ab[0], first + ab[1]), bounds))
+    return out[start - first:]
 
 
 def generate(seed: int, name: str, shape: tuple[int, ...], distribution: str, scale: float,
@@ -218,26 +256,7 @@ def generate(seed: int, name: str, shape: tuple[int, ...], distribution: str, sc
     numpy releases the GIL in the generator and the array operations, and every thread
     starts its own stream at the right counter, so the result does not depend on it.
     """
-    if distribution not in DISTRIBUTIONS:
-        raise InitSpecError(f"unknown distribution {distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}")
-    scale32 = np.float32(scale)
-    if not (np.isfinite(scale32) and 2.0**-60 < scale32 < 2.0**60):
-        raise InitSpecError(f"scale {scale!r} is outside (2**-60, 2**60)")
-    seed = _check_seed(seed)
-    n = math.prod(shape)
-    out = np.empty(n, dtype=np.float32)
-    arg = np.float32(scale32 * np.float32(2.0**-24)) if distribution == "uniform" else scale32
-    key1, aux_key1 = tensor_key(name), tensor_key(name + "\x00normal")
-    workers = min(threads or os.cpu_count() or 1, 8)
-    if workers <= 1 or n < _PARALLEL_MIN:
-        _fill(seed, key1, aux_key1, distribution, arg, out, 0, n)
-    else:
-        # Split points are multiples of _CHUNK (itself a multiple of 8 elements = 1 block).
-        per = -(-n // workers // _CHUNK) * _CHUNK
-        bounds = [(a, min(a + per, n)) for a in range(0, n, per)]
-        with ThreadPoolExecutor(len(bounds)) as pool:
-            list(pool.map(lambda ab: _fill(seed, key1, aux_key1, distribution, arg, out, *ab), bounds))
-    return out.reshape(shape)
+    return generate_range(seed, name, 0, math.prod(shape), distribution, scale, threads).reshape(shape)
 
 
 def signs(seed: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -260,6 +279,49 @@ def probe_positions(n: int) -> list[int]:
     return [(i * n) // _NUM_PROBES for i in range(_NUM_PROBES)]
 
 
+#: Elements per piece when a tensor is fingerprinted range by range (16 MiB of float32).
+STREAM_CHUNK = 1 << 22
+
+
+class FingerprintStream:
+    """The fingerprint of a tensor fed in consecutive flat pieces (see :func:`fingerprint`).
+
+    Every piece but the last must hold a multiple of 8 elements (the sign bits are packed
+    by bytes). Memory is that of one piece.
+    """
+
+    def __init__(self, distribution: str, n: int):
+        if distribution not in DISTRIBUTIONS:
+            raise InitSpecError(f"unknown distribution {distribution!r}")
+        self.distribution, self.n = distribution, int(n)
+        self._hash = hashlib.sha256()
+        self._pos = 0
+        self._want = [] if distribution in EXACT_DISTRIBUTIONS else probe_positions(self.n)
+        self._probes: dict[int, float] = {}
+
+    def update(self, piece: np.ndarray) -> None:
+        flat = np.ascontiguousarray(piece, dtype="<f4").reshape(-1)
+        if self._pos % 8:
+            raise ValueError("only the last piece of a tensor may hold a number of elements not divisible by 8")
+        if self.distribution in EXACT_DISTRIBUTIONS:
+            self._hash.update(flat.view(np.uint8))  # the array's own bytes: no copy
+        else:
+            self._hash.update(np.packbits(np.signbit(flat), bitorder="little"))
+            end = self._pos + flat.size
+            for i in self._want:
+                if self._pos <= i < end:
+                    self._probes[i] = float(flat[i - self._pos])
+        self._pos += flat.size
+
+    def result(self) -> dict:
+        if self._pos != self.n:
+            raise ValueError(f"fingerprint fed {self._pos} of {self.n} elements")
+        if self.distribution in EXACT_DISTRIBUTIONS:
+            return {"sha256": self._hash.hexdigest()[:16]}
+        return {"sign_sha256": self._hash.hexdigest()[:16],
+                "probes": [[i, self._probes[i].hex()] for i in self._want]}
+
+
 def fingerprint(weights: np.ndarray, distribution: str) -> dict:
     """A compact fingerprint of an unmasked init tensor, stored in the ticket.
 
@@ -268,13 +330,22 @@ def fingerprint(weights: np.ndarray, distribution: str) -> dict:
     fixed positions (checked within a few units in the last place).
     """
     flat = np.ascontiguousarray(weights, dtype="<f4").reshape(-1)
-    if distribution in EXACT_DISTRIBUTIONS:
-        return {"sha256": _sha16(flat.tobytes())}
-    sign_bits = np.packbits(np.signbit(flat), bitorder="little")
-    return {
-        "sign_sha256": _sha16(sign_bits.tobytes()),
-        "probes": [[i, float(flat[i]).hex()] for i in probe_positions(flat.size)],
-    }
+    fp = FingerprintStream(distribution, flat.size)
+    for a in range(0, flat.size, STREAM_CHUNK):
+        fp.update(flat[a:a + STREAM_CHUNK])
+    return fp.result()
+
+
+def stream_fingerprint(seed: int, name: str, shape: tuple[int, ...], distribution: str, scale: float,
+                       chunk: int = STREAM_CHUNK) -> dict:
+    """``fingerprint(generate(...))`` computed one range of ``chunk`` elements at a time, so a
+    tensor of any size is checked in about ``4 * chunk`` bytes."""
+    n = math.prod(shape)
+    chunk = max(8, chunk - chunk % 8)
+    fp = FingerprintStream(distribution, n)
+    for a in range(0, n, chunk):
+        fp.update(generate_range(seed, name, a, min(a + chunk, n), distribution, scale))
+    return fp.result()
 
 
 def _ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -288,13 +359,20 @@ def _ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def verify(weights: np.ndarray, distribution: str, expected: dict, name: str = "tensor") -> None:
-    """Raise :class:`VerificationError` unless ``weights`` match a stored fingerprint.
+    """Raise :class:`VerificationError` unless ``weights`` match a stored fingerprint
+    (see :func:`check_fingerprint`)."""
+    check_fingerprint(fingerprint(weights, distribution), distribution, expected, name)
+
+
+def check_fingerprint(got: dict, distribution: str, expected: dict, name: str = "tensor") -> None:
+    """Raise :class:`VerificationError` unless fingerprint ``got`` (of regenerated weights)
+    matches ``expected`` (from the ticket).
 
     The rule for normal inits: every sign bit must match exactly, and every probed value
-    must be within 2 float32 ulps. Math-library differences move a value by at most one
-    ulp after rounding to float32; a wrong seed or name changes about half of all signs.
+    must be within 2 float32 ulps (:func:`_ulp_distance`). Math-library differences move a
+    value by at most one ulp after rounding to float32; a wrong seed or name changes about
+    half of all signs.
     """
-    got = fingerprint(weights, distribution)
     if distribution in EXACT_DISTRIBUTIONS:
         if got != expected:
             raise VerificationError(
@@ -305,11 +383,11 @@ def verify(weights: np.ndarray, distribution: str, expected: dict, name: str = "
     if got["sign_sha256"] != expected.get("sign_sha256"):
         raise VerificationError(f"signs of regenerated {name!r} do not match the ticket: wrong seed or name")
     exp = expected.get("probes") or []
-    flat = np.asarray(weights, dtype=np.float32).reshape(-1)
-    if [p[0] for p in exp] != probe_positions(flat.size):
+    if [p[0] for p in exp] != [p[0] for p in got["probes"]]:
         raise VerificationError(f"probe positions of {name!r} do not match its size")
     ref = np.array([float.fromhex(p[1]) for p in exp], dtype=np.float32)
-    dist = _ulp_distance(flat[[p[0] for p in exp]], ref)
+    have = np.array([float.fromhex(p[1]) for p in got["probes"]], dtype=np.float32)
+    dist = _ulp_distance(have, ref)
     if dist.size and dist.max() > _NORMAL_ULP_TOLERANCE:
         raise VerificationError(
             f"regenerated {name!r} differs from the ticket by {int(dist.max())} ulps "

@@ -24,10 +24,13 @@ field and every payload length before it allocates anything, and only raises
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,7 @@ from .errors import (
     ChecksumError,
     CodecError,
     InitSpecError,
+    MemoryLimitError,
     SupermaskError,
     TicketFormatError,
     UnsupportedVersionError,
@@ -58,8 +62,94 @@ MAX_HEADER_BYTES = 4 << 20
 MAX_FILE_BYTES = 1 << 34
 DEFAULT_MAX_WEIGHTS = 1 << 30
 ROLES = ("masked", "regenerated", "zero")  # versions 1 and 2; version 3 adds "one" and "stored"
+#: Memory cap (bytes) for decoding, regenerating and running a ticket, unless the caller
+#: passes ``max_memory`` or sets :data:`MEMORY_ENV` (see :func:`resolve_max_memory`).
+DEFAULT_MAX_MEMORY = 4 << 30
+MEMORY_ENV = "SUPERMASK_MAX_MEMORY"
+#: What an onnxruntime session holds per byte of float32 weights it is given (its own copies:
+#: pre-packed matrices, transposed filters); measured at about 1.4 on the CPU provider.
+SESSION_BYTES_PER_WEIGHT_BYTE = 2
 _TOP_KEYS = {"architecture", "seed", "generator", "init", "criterion", "keep", "tensors", "metadata"}
 _TENSOR_KEYS = {"name", "shape", "role", "init", "fingerprint", "codec", "offset", "length", "num_kept", "multiplier"}
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
+_cap: contextvars.ContextVar[int | None] = contextvars.ContextVar("supermask_max_memory", default=None)
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``text``: a plain number of bytes, or a number with a unit: ``KiB``, ``MiB``,
+    ``GiB``, ``TiB`` (also ``K``, ``M``, ``G``, ``T``) are powers of 1024, ``KB``, ``MB``, ``GB``,
+    ``TB`` powers of 1000. Raises :class:`SupermaskError` on anything else or on 0."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        n = text
+    else:
+        m = _SIZE.match(str(text))
+        if not m or (m.group(3) and not m.group(2)):
+            raise SupermaskError(f"cannot read {str(text)!r:.40} as a size: give bytes or a number with a unit, "
+                                 "e.g. 512MiB, 2GiB, 4GB")
+        unit = "kmgt".index(m.group(2).lower()) + 1 if m.group(2) else 0
+        base = 1000 if (m.group(4) and not m.group(3)) else 1024
+        n = int(float(m.group(1)) * base ** unit)
+    if n < 1:
+        raise SupermaskError(f"a memory cap must be at least 1 byte, got {text!r:.40}")
+    return n
+
+
+def format_size(n: int) -> str:
+    """``n`` bytes for a message: 3.0 GiB, 512.0 MiB, 900 B."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} B"
+
+
+def resolve_max_memory(max_memory: int | str | None = None) -> int:
+    """The memory cap in bytes: ``max_memory`` when given, else the one set by
+    :func:`memory_cap`, else the environment variable ``SUPERMASK_MAX_MEMORY``, else
+    :data:`DEFAULT_MAX_MEMORY` (4 GiB)."""
+    if max_memory is not None:
+        return parse_size(max_memory)
+    if _cap.get() is not None:
+        return _cap.get()
+    env = os.environ.get(MEMORY_ENV)
+    if env:
+        try:
+            return parse_size(env)
+        except SupermaskError as e:
+            raise SupermaskError(f"{MEMORY_ENV}: {e}") from None
+    return DEFAULT_MAX_MEMORY
+
+
+@contextlib.contextmanager
+def memory_cap(max_memory: int | str | None):
+    """Within the block, readers and loaders that get no ``max_memory`` use this one (None:
+    leave the cap as it is). The CLI's ``--max-memory`` option works this way."""
+    if max_memory is None:
+        yield
+        return
+    token = _cap.set(parse_size(max_memory))
+    try:
+        yield
+    finally:
+        _cap.reset(token)
+
+
+def _refuse(what: str, parts: Mapping[str, int], cap: int) -> MemoryLimitError:
+    total = sum(parts.values())
+    detail = ", ".join(f"{k} {format_size(v)}" for k, v in parts.items() if v)
+    return MemoryLimitError(
+        f"{what} would need about {format_size(total)} of memory ({detail}), above the cap of "
+        f"{format_size(cap)}. If you trust this ticket and the machine has the memory, raise the cap: "
+        f"--max-memory on the command line, {MEMORY_ENV} in the environment, or max_memory= in Python")
+
+
+def check_memory(what: str, parts: Mapping[str, int], max_memory: int | str | None = None) -> None:
+    """Raise :class:`MemoryLimitError` when the estimated ``parts`` (name -> bytes) add up to
+    more than the cap (:func:`resolve_max_memory`)."""
+    cap = resolve_max_memory(max_memory)
+    if sum(parts.values()) > cap:
+        raise _refuse(what, parts, cap)
 
 
 @dataclass(frozen=True)
@@ -152,13 +242,37 @@ class Ticket:
             return np.array(self.stored[t.name], dtype=np.float32)
         return rng.generate(self.seed, t.name, t.shape, t.distribution, t.scale)
 
-    def weights(self, verify: bool = True) -> dict[str, np.ndarray]:
+    def memory_estimate(self, session: bool = False) -> dict[str, int]:
+        """Bytes that regenerating this ticket's weights needs, by part: the decoded masks it
+        holds (one byte per element) and float32 values for every tensor; with ``session``,
+        also what an onnxruntime session over them adds (its own copies of the weights)."""
+        weights = 4 * sum(t.size for t in self.tensors)
+        parts = {"masks": sum(t.size for t in self.tensors if t.role == "masked"), "float32 weights": weights}
+        if session:
+            parts["onnxruntime session"] = SESSION_BYTES_PER_WEIGHT_BYTE * weights
+        return parts
+
+    def weights(self, verify: bool = True, *, max_memory: int | str | None = None) -> dict[str, np.ndarray]:
         """Every parameter as float32: masked init weights, regenerated weights, zero biases.
         A tensor with a multiplier is ``(w * mask) * multiplier``, one float32 rounding.
 
         With ``verify`` (the default) each regenerated tensor is checked against the
-        fingerprint in the ticket; a mismatch raises :class:`VerificationError`.
+        fingerprint in the ticket; a mismatch raises :class:`VerificationError`. Before
+        allocating, the memory needed (:meth:`memory_estimate`) is compared with
+        ``max_memory`` (bytes or a size such as ``"2GiB"``; default: :func:`resolve_max_memory`)
+        and :class:`MemoryLimitError` raised above it.
         """
+        check_memory("regenerating the weights of this ticket", self.memory_estimate(), max_memory)
+        try:
+            return self._weights(verify)
+        except MemoryError:
+            raise MemoryLimitError(
+                f"ran out of memory regenerating the weights of this ticket (about "
+                f"{format_size(sum(self.memory_estimate().values()))}); this machine has less free memory than "
+                f"the cap of {format_size(resolve_max_memory(max_memory))} assumes: lower the cap "
+                f"(--max-memory, {MEMORY_ENV}) to fail early, or free memory") from None
+
+    def _weights(self, verify: bool) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         digest = hashlib.sha256() if verify and self.fingerprint is not None else None
         for t in self.tensors:
@@ -167,7 +281,7 @@ class Ticket:
             if verify and generated and digest is None:
                 rng.verify(w, t.distribution, t.fingerprint, t.name)
             if digest is not None and generated:
-                digest.update(np.ascontiguousarray(w, dtype="<f4").tobytes())
+                digest.update(np.ascontiguousarray(w, dtype="<f4").reshape(-1).view(np.uint8))
             if t.role == "masked":
                 np.multiply(w, self.masks[t.name], out=w)
             if t.multiplier != 1.0:
@@ -175,13 +289,36 @@ class Ticket:
             if generated:
                 w += np.float32(0.0)  # -0.0 -> +0.0: pruned weights are exactly +0.0
             out[t.name] = w
-        if digest is not None and digest.hexdigest()[:16] != self.fingerprint:
+        if digest is not None:
+            self._check_digest(digest)
+        return out
+
+    def _check_digest(self, digest) -> None:
+        if digest.hexdigest()[:16] != self.fingerprint:
             from .errors import VerificationError
 
             raise VerificationError(
                 f"the regenerated weights do not match the ticket's fingerprint {self.fingerprint} (got "
                 f"{digest.hexdigest()[:16]}): this machine's generator differs from the one that packed it")
-        return out
+
+    def verify(self) -> None:
+        """Regenerate every generated tensor and check it against the ticket's fingerprints,
+        without keeping the weights: each tensor is made and hashed one range of
+        ``rng.STREAM_CHUNK`` elements at a time, so memory stays a few tens of MiB whatever
+        the tensor sizes. Raises :class:`VerificationError` on a mismatch."""
+        generated = [t for t in self.tensors if t.role in ("masked", "regenerated")]
+        if self.fingerprint is None:  # versions 1 and 2: one fingerprint per tensor
+            for t in generated:
+                got = rng.stream_fingerprint(self.seed, t.name, t.shape, t.distribution, t.scale)
+                rng.check_fingerprint(got, t.distribution, t.fingerprint, t.name)
+            return
+        digest = hashlib.sha256()  # version 3: one digest over every generated tensor in order
+        for t in generated:
+            for a in range(0, t.size, rng.STREAM_CHUNK):
+                piece = rng.generate_range(self.seed, t.name, a, min(a + rng.STREAM_CHUNK, t.size),
+                                           t.distribution, t.scale)
+                digest.update(np.ascontiguousarray(piece, dtype="<f4").view(np.uint8))
+        self._check_digest(digest)
 
     @property
     def num_weights(self) -> int:
@@ -494,8 +631,11 @@ def _parse_tensor(d: object, p: Param, init: rng.InitSpec, version: int) -> Tens
                        _int_field(d["num_kept"], f"tensor {name!r} num_kept", 0, n), factor)
 
 
-def decode_ticket(data: bytes | bytearray | memoryview, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> Ticket:
-    """Parse and validate a ticket from bytes. Raises TicketFormatError on any bad input."""
+def decode_ticket(data: bytes | bytearray | memoryview, *, max_weights: int = DEFAULT_MAX_WEIGHTS,
+                  max_memory: int | str | None = None) -> Ticket:
+    """Parse and validate a ticket from bytes. Raises TicketFormatError on any bad input, and
+    MemoryLimitError before decoding masks that would take more than ``max_memory`` bytes
+    (default: :func:`resolve_max_memory`)."""
     data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
     size = len(data)
     if size < _PREFIX.size + _DIGEST:
@@ -523,7 +663,7 @@ def decode_ticket(data: bytes | bytearray | memoryview, *, max_weights: int = DE
     if version == 3:
         from .ticket3 import decode_v3
 
-        return decode_v3(data, hlen, max_weights=max_weights)
+        return decode_v3(data, hlen, max_weights=max_weights, max_memory=max_memory)
     header = _parse_header(bytes(data[_PREFIX.size: _PREFIX.size + hlen]))
 
     gen = header["generator"]
@@ -538,6 +678,7 @@ def decode_ticket(data: bytes | bytearray | memoryview, *, max_weights: int = DE
         params = arch.params()
     except (ArchitectureError, InitSpecError) as e:
         raise _fail(f"bad header: {e}") from None
+    check_preprocess(arch.preprocess)
     seed = _int_field(header["seed"], "seed", 0, (1 << 64) - 1)
     total = sum(p.size for p in params)
     if total > max_weights:
@@ -570,6 +711,8 @@ def decode_ticket(data: bytes | bytearray | memoryview, *, max_weights: int = DE
             offset += e.length
     if offset != payload_size:
         raise _fail(f"payload section is {payload_size} bytes but the tensor table accounts for {offset}")
+    check_memory("decoding the masks of this ticket",
+                 {"masks": sum(e.size for e in entries if e.role == "masked")}, max_memory)
 
     masks: dict[str, np.ndarray] = {}
     for e in entries:
@@ -600,6 +743,20 @@ def decode_ticket(data: bytes | bytearray | memoryview, *, max_weights: int = DE
     )
 
 
+def check_preprocess(pre) -> None:
+    """Refuse preprocessing that float32 cannot carry: the runtime computes
+    ``(x * scale - mean) / std`` in float32, so every value must be finite as a float32 and
+    every ``std`` must stay above zero there (1e300 would become infinity, 1e-300 zero)."""
+    values = [("scale", pre.scale)] + [("mean", v) for v in pre.mean] + [("std", v) for v in pre.std]
+    with np.errstate(over="ignore", under="ignore"):
+        for what, v in values:
+            v32 = np.float32(v)
+            if not np.isfinite(v32) or (what == "std" and not v32 > 0):
+                raise _fail(f"bad header: preprocess {what} {v!r:.40} is not a finite"
+                            f"{' positive' if what == 'std' else ''} float32 value (float32 holds magnitudes "
+                            f"from about 1.4e-45 to 3.4e38)")
+
+
 def _wrap(check, value):
     try:
         return check(value)
@@ -607,7 +764,8 @@ def _wrap(check, value):
         raise _fail(f"bad header: {e}") from None
 
 
-def read_ticket(path: str | os.PathLike, *, max_weights: int = DEFAULT_MAX_WEIGHTS) -> Ticket:
+def read_ticket(path: str | os.PathLike, *, max_weights: int = DEFAULT_MAX_WEIGHTS,
+                max_memory: int | str | None = None) -> Ticket:
     """Read and validate a ticket file (see :func:`decode_ticket`)."""
     path = Path(path)
     try:
@@ -624,6 +782,6 @@ def read_ticket(path: str | os.PathLike, *, max_weights: int = DEFAULT_MAX_WEIGH
     except OSError as e:
         raise SupermaskError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        return decode_ticket(data, max_weights=max_weights)
-    except TicketFormatError as e:
+        return decode_ticket(data, max_weights=max_weights, max_memory=max_memory)
+    except (TicketFormatError, MemoryLimitError) as e:
         raise type(e)(f"{path}: {e}") from None

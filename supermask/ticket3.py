@@ -133,7 +133,7 @@ def fingerprint(weights: Sequence[np.ndarray]) -> str:
     """First 16 hex digits of SHA-256 over the float32 little-endian bytes of ``weights`` in order."""
     h = hashlib.sha256()
     for w in weights:
-        h.update(np.ascontiguousarray(w, dtype="<f4").tobytes())
+        h.update(np.ascontiguousarray(w, dtype="<f4").reshape(-1).view(np.uint8))  # no copy
     return h.hexdigest()[:16]
 
 
@@ -279,10 +279,10 @@ def _check_classes(v: object, n_out: int | None) -> tuple[str, ...]:
     return tuple(v)
 
 
-def decode_v3(data: bytes, section_len: int, *, max_weights: int) -> "Ticket":
+def decode_v3(data: bytes, section_len: int, *, max_weights: int, max_memory: int | str | None = None) -> "Ticket":
     """Parse a version-3 ticket whose frame (magic, version, length, checksum) is already checked."""
     from .ticket import (Ticket, TensorEntry, _check_criterion, _check_keep, _check_metadata, _int_field,
-                         _parse_header, _wrap, parse_multiplier)
+                         _parse_header, _wrap, check_memory, parse_multiplier)
 
     if section_len > MAX_SECTION_BYTES:
         raise _fail(f"header section of {section_len} bytes exceeds {MAX_SECTION_BYTES}")
@@ -359,6 +359,9 @@ def decode_v3(data: bytes, section_len: int, *, max_weights: int) -> "Ticket":
     payload_size = len(data) - _DIGEST - start
     if offset != payload_size:
         raise _fail(f"payload section is {payload_size} bytes but the tensor table accounts for {offset}")
+    check_memory("decoding the masks of this ticket",
+                 {"masks": sum(e.size for e in entries if e.role == "masked"),
+                  "stored values": sum(2 * e.length for e in entries if e.role == "stored")}, max_memory)
     masks, stored = {}, {}
     for e in entries:
         blob = data[start + e.offset:start + e.offset + e.length]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 import tracemalloc
 
@@ -77,3 +78,32 @@ def test_a_trillion_weight_header_is_rejected_before_allocation():
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 20 << 20  # far below the 4 TB the header asks for
+
+
+MEANING_CASES = int(os.environ.get("SUPERMASK_FUZZ_MEANING_CASES", "400"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS caps the address space on Linux only")
+def test_meaning_mutations_regenerate_and_run_under_a_memory_cap():
+    # Shapes, counts, scales and preprocessing changed, the file repaired so that it passes the
+    # integrity checks, then read, regenerated and run in a child limited to 3 GiB of address
+    # space: only typed errors or success, never MemoryError or another untyped exception.
+    status, counts, stderr = fuzzlib.meaning_campaign_capped(seed=3, cases=MEANING_CASES)
+    assert status == 0, stderr[-3000:]
+    assert sum(counts.values()) == MEANING_CASES
+    outcomes = {o for (_, o) in counts}
+    assert "ok" in outcomes  # the mutations reach the runtime, not only the reader
+    if MEANING_CASES >= 400:
+        assert {"MemoryLimitError", "NonFiniteError", "TicketFormatError"} <= outcomes, counts
+
+
+def test_meaning_mutations_pass_the_integrity_checks():
+    r = random.Random(5)
+    for data in fuzzlib.meaning_samples():
+        for kind in fuzzlib.MEANINGS:
+            m = fuzzlib.mutate_meaning(data, r, kind)
+            assert m != data
+            try:
+                ticket.decode_ticket(m)
+            except TicketFormatError as e:
+                assert "checksum" not in str(e)
