@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import InputError, NonFiniteError, RuntimeUnavailableError, SupermaskError
 from ..prediction import predict_classes
 from ..ticket import Ticket, check_memory, read_ticket, resolve_max_memory
-from .inputs import to_batch
+from .inputs import to_batch, warn_if_out_of_range
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ class Model:
         """Logits (N, classes) float32 for raw inputs ``x``: (N, *input_shape) or one example
         of shape ``input_shape``; any integer or float dtype (uint8 pixels are typical)."""
         batch = to_batch(x, self.input_shape)
+        warn_if_out_of_range(batch, self.ticket.metadata)
         return self._run(batch)
 
     def _check(self, z, n: int) -> np.ndarray:
@@ -219,6 +220,7 @@ class Model:
                              f"got shape {labels.shape} dtype {labels.dtype}")
         if labels.size and (labels.min() < 0 or labels.max() >= len(self.classes)):
             raise InputError(f"labels must be in [0, {len(self.classes)}); found {labels.min()}..{labels.max()}")
+        warn_if_out_of_range(images, self.ticket.metadata, "images")
         use_binding = self.provider == CUDA if io_binding is None else bool(io_binding)
         out_device = "cuda" if self.provider == CUDA else "cpu"
         correct = 0

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError, SupermaskError
-from .inputs import read_input, warn_if_out_of_range
+from .inputs import range_warning, read_input
 from ..prediction import predict_classes
 from .model import DEFAULT_BATCH_SIZE, load
 
@@ -36,7 +36,7 @@ def evaluate_dataset(
     ``ticket_accuracy`` / ``ticket_dataset`` / ``ticket_test_examples``: what ``find``
     measured for this mask, as recorded in the ticket's metadata (null when absent), and
     ``warnings``: a line when the data lie far outside the range the model was trained on
-    (see :func:`~supermask.runtime.inputs.range_warning`; also issued as an
+    (see :func:`~supermask.runtime.inputs.range_warning`; the model also issues it as an
     :class:`~supermask.runtime.inputs.InputRangeWarning`).
     """
     from .. import datasets
@@ -57,7 +57,7 @@ def evaluate_dataset(
     images, labels = ds.images, ds.labels
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    alerts = [m for m in [warn_if_out_of_range(images, model.ticket.metadata, f"data set {ds.name}")] if m]
+    alerts = [m for m in [range_warning(images, model.ticket.metadata, f"data set {ds.name}")] if m]
     result = model.evaluate(images, labels, batch_size=batch_size)
     out = {"ticket": str(ticket), "dataset": ds.name, "split": split}
     out.update(result.to_dict())
@@ -91,7 +91,7 @@ def predict_files(
         raise InputError("no inputs given")
     model = load(ticket, device, threads=threads)
     batches = [(str(p), read_input(p, model.input_shape)) for p in inputs]  # read all first: fail early
-    alerts = [m for path, batch in batches if (m := warn_if_out_of_range(batch, model.ticket.metadata, path))]
+    alerts = [m for path, batch in batches if (m := range_warning(batch, model.ticket.metadata, path))]
     k = max(1, min(int(top_k), len(model.classes)))
     rows = []
     for path, batch in batches:

@@ -66,7 +66,7 @@ def test_the_rule_far_outside_means_beyond_one_range_width():
 def test_predict_warns_for_inputs_far_outside_the_training_range(tmp_path, ranged):
     np.save(tmp_path / "pixels.npy", np.full((2, 8, 8), 255, np.uint8))
     np.save(tmp_path / "digits.npy", np.full((2, 8, 8), 16, np.uint8))
-    with pytest.warns(InputRangeWarning, match="pixels.npy: values range from 255 to 255"):
+    with pytest.warns(InputRangeWarning, match="values range from 255 to 255"):
         r = predict_files(ranged, [tmp_path / "pixels.npy", tmp_path / "digits.npy"], device="cpu")
     assert len(r["warnings"]) == 1 and r["warnings"][0].startswith(f"{tmp_path / 'pixels.npy'}: ")
     assert len(r["predictions"]) == 4  # a warning, not an error
@@ -76,6 +76,19 @@ def test_predict_warns_for_inputs_far_outside_the_training_range(tmp_path, range
         # a ticket without the range (made before it was recorded): no warning
         old = digits_ticket(tmp_path / "old.smask")
         assert predict_files(old, [tmp_path / "pixels.npy"], device="cpu")["warnings"] == []
+
+
+def test_the_library_model_warns_too(ranged):
+    from supermask import runtime as smr
+
+    m = smr.load(ranged, device="cpu")
+    with pytest.warns(InputRangeWarning, match="values range from 0 to 252"):
+        m.predict(np.tile(np.arange(0, 256, 4, dtype=np.uint8).reshape(1, 8, 8), (3, 1, 1)))
+    with pytest.warns(InputRangeWarning, match="images: values range from 200 to 200"):
+        m.evaluate(np.full((2, 1, 8, 8), 200, np.uint8), np.zeros(2, np.int64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.predict(np.full((2, 8, 8), 16, np.uint8))
 
 
 def test_cli_predict_prints_the_warning_on_stderr(tmp_path, ranged):
