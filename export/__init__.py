@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SupermaskError
-from ..ticket import Ticket, read_ticket
+from ..ticket import Ticket, check_memory, read_ticket
 from .graph import INPUT_NAME, IR_VERSION, MAX_PROTO_BYTES, OPSET, OUTPUT_NAME, STORAGE, build_model
 
 FORMATS = ("dense", "sparse")
@@ -106,6 +106,11 @@ def ticket_model(ticket: Ticket | str | os.PathLike, fmt: str = "dense"):
         meta["supermask.criterion"] = t.criterion
     if t.keep is not None:
         meta["supermask.keep"] = repr(t.keep)
+    # The model holds a copy of every weight, and writing it serializes another: check the cap
+    # for all of it before regenerating anything.
+    parts = t.memory_estimate()
+    parts["ONNX model and its serialized bytes"] = 2 * parts["float32 weights"]
+    check_memory("exporting this ticket to ONNX", parts)
     if t.graph is not None:
         return fill_graph(t.graph, t.weights(), fmt, meta, t.classes)
     return build_model(t.architecture, t.weights(), storage=fmt, metadata=meta)

@@ -111,6 +111,19 @@ def test_load_counts_the_session_too():
         smr.load(t, "cpu", max_memory="40MiB")  # enough to regenerate, not to run
 
 
+def test_export_counts_the_onnx_model_too(tmp_path):
+    pytest.importorskip("onnx")
+    from supermask.export import export_ticket, ticket_model
+
+    t = ticket.decode_ticket(wide_ticket(2048, 2048))  # 16 MiB of weights
+    with ticket.memory_cap("40MiB"):  # enough to regenerate, not to build and write the model
+        with pytest.raises(MemoryLimitError, match="ONNX model"):
+            ticket_model(t)
+        with pytest.raises(MemoryLimitError, match="exporting this ticket"):
+            export_ticket(t, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_streaming_verify_holds_one_piece_at_a_time():
     data = wide_ticket(4096, 8192, real_fingerprints=True)  # 33.6 million weights, 128 MiB
     t = ticket.decode_ticket(data)
