@@ -81,7 +81,7 @@ def gpu_build_installed() -> bool:
 def note_worth_showing(note: str | None) -> bool:
     """Whether a fallback ``note`` (see :attr:`Model.note`) is news to the person who ran
     the command. Running on the CPU is what a CPU-only onnxruntime build is for, so there
-    the note is not shown (it is still logged at INFO level and kept in ``Model.note``);
+    the note is not shown (it is still logged at DEBUG level and kept in ``Model.note``);
     with a GPU build installed, not getting CUDA is worth saying."""
     return bool(note) and gpu_build_installed()
 

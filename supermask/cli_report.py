@@ -9,7 +9,7 @@ import sys
 import click
 
 from . import datasets
-from .cli_train import _models, find_options, split_options
+from .cli_train import _models, find_options, split_options, threads_option
 
 
 def _csv(choices, also=None):
@@ -63,8 +63,9 @@ def sweep(models, dataset_names, seeds, out, **opts):
 @click.option("--from-csv", "from_csv", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
               help="Draw the tables and plots again from the results.csv of an earlier report, without "
                    "measuring (instead of RUNS).")
+@threads_option("torch")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
-def report(runs, out, keep_files, from_csv, quiet):
+def report(runs, out, keep_files, from_csv, threads, quiet):
     """Size-vs-accuracy report over find runs or sweep folders (RUNS...).
 
     Every row's sizes come from files actually written: the ticket bit-packed and
@@ -78,6 +79,10 @@ def report(runs, out, keep_files, from_csv, quiet):
     if from_csv and keep_files:
         raise click.UsageError("--keep-files needs RUNS: --from-csv measures nothing")
     command = "supermask " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["report"] else None
+    if threads is not None and not from_csv:  # packing each row exports its graph with torch
+        import torch
+
+        torch.set_num_threads(threads)
     if from_csv:
         require_matplotlib()
         rows = read_rows(from_csv)  # read before writing: FILE may be OUT/results.csv itself

@@ -44,27 +44,27 @@ def _numbers(ctx, param, value: str | None):
     return out
 
 
-def parse_keeps(value: str) -> tuple[float, ...]:
+def parse_keeps(value: str, several: bool = True) -> tuple[float, ...]:
     """The fractions of weights to keep in a --keep value: one number or a comma-separated list,
     each in (0, 1]. `find` and `pack` both parse --keep with this, so they accept the same text."""
     try:
         out = tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"expected a fraction in (0, 1] or a comma-separated list such as 0.5,0.2,0.1, "
-                                 f"got {value!r}") from None
+        example = "or a comma-separated list such as 0.5,0.2,0.1" if several else "such as 0.2"
+        raise click.BadParameter(f"expected a fraction in (0, 1] {example}, got {value!r}") from None
     if not out or any(not 0 < v <= 1 for v in out):
         raise click.BadParameter(f"every keep value must be a fraction in (0, 1], got {value!r}")
     return out
 
 
-def _float_list(ctx, param, value: str | None):
+def _float_list(ctx, param, value: str | None):  # find: one keep or several
     return None if value is None else parse_keeps(value)
 
 
 def _one_keep(ctx, param, value: str | None):
     if value is None:
         return None
-    keeps = parse_keeps(value)
+    keeps = parse_keeps(value, several=False)
     if len(keeps) != 1:
         raise click.BadParameter(f"pack writes one ticket: give one keep, got {value!r}")
     return keeps[0]
@@ -299,9 +299,8 @@ def pack(ticket, out, run_dir, criterion, keep, init, codec, as_json, threads):
         click.echo(json.dumps(s, indent=2))
     else:
         acc = s["metadata"].get("accuracy")
-        init = s["metadata"].get("init_variant", "original")
-        click.echo(f"wrote {ticket}: {s['file_bytes']:,} bytes, {t.criterion} keep {t.keep:.6g} ({init}), "
-                   f"density {100 * s['density']:.2f} %"
+        click.echo(f"wrote {ticket}: {s['file_bytes']:,} bytes, {t.criterion} keep {t.keep:.6g} "
+                   f"(init {t.init.scheme}), density {100 * s['density']:.2f} %"
                    + (f", accuracy {100 * acc:.2f} % in the run" if acc is not None else ""))
         click.echo(f"graph checked in onnxruntime: max |logit difference| {check.max_abs_diff:.3g} on "
                    f"{check.examples} fixed inputs (tolerance {check.tolerance:.3g})")

@@ -769,6 +769,7 @@ def write_report(rows: list[dict], out: str | os.PathLike, *, command: str | Non
 
 _INT_COLUMNS = {"seed", "num_weights", "num_params", *REPRESENTATIONS}
 _FLOAT_COLUMNS = {"keep", "accuracy", "density", "bits_per_weight_bitpack", "bits_per_weight_entropy"}
+_FRACTIONS = {"keep", "accuracy", "density"}
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:
@@ -791,6 +792,12 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
                     v = r[k]
                     row[k] = (None if v in ("", None) else int(v) if k in _INT_COLUMNS
                               else float(v) if k in _FLOAT_COLUMNS else v)
+                    x = row[k]
+                    if isinstance(x, (int, float)) and not (math.isfinite(x) and x >= 0
+                                                            and (k not in _FRACTIONS or x <= 1)):
+                        raise SupermaskError(f"{path}, row {reader.line_num - 1}: {k} is {v!r}; it must be "
+                                             + ("a fraction in [0, 1]" if k in _FRACTIONS
+                                                else "a finite number of at least 0"))
                 rows.append(row)
     except OSError as e:
         raise SupermaskError(f"cannot read {path}: {e.strerror or e}") from None

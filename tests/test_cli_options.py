@@ -99,7 +99,7 @@ def test_find_rejects_the_same_keeps(tmp_path):
 # ----------------------------------------------------------------------------------- --threads
 
 
-@pytest.mark.parametrize("command", ["find", "sweep", "pack", "eval", "predict"])
+@pytest.mark.parametrize("command", ["find", "sweep", "pack", "eval", "predict", "report"])
 def test_threads_wherever_a_command_computes(command):
     opt = _option(command, "threads")
     assert opt is not None and opt.opts == ["--threads"]

@@ -387,7 +387,8 @@ def test_packed_ticket_reproduces_the_run_accuracy_exactly(tmp_path, digits_run,
     r = run_cli("pack", ticket, "--run", digits_run, "--keep", 0.2, "--init", init,
                 "--criterion", "large_final_same_sign")
     assert r.exit_code == 0, r.output
-    assert f"keep 0.2 ({init})" in r.output
+    scheme = "kaiming_uniform" if init == "original" else "signed_kaiming_constant"
+    assert f"keep 0.2 (init {scheme})" in r.output
     t = read_ticket(ticket)
     res = json.loads((digits_run / "results.json").read_text())
     row = pick_row(res, "large_final_same_sign", 0.2, init)

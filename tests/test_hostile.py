@@ -137,10 +137,19 @@ def test_streaming_verify_holds_one_piece_at_a_time():
 
 
 def test_verify_agrees_with_weights_on_the_fixtures():
+    import dataclasses
+
+    from supermask.errors import VerificationError
+
     for name in ("tiny-v1.smask", "tiny-v3.smask"):
         t = ticket.read_ticket(FIXTURES / name)
         t.verify()
         t.weights(verify=True)
+        other = dataclasses.replace(t, seed=t.seed + 1)  # other weights, the same fingerprints
+        with pytest.raises(VerificationError):
+            other.verify()
+        with pytest.raises(VerificationError):
+            other.weights(verify=True)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS caps the address space on Linux only")

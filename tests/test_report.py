@@ -413,3 +413,13 @@ def test_a_report_is_drawn_again_from_its_csv(tmp_path):
     assert r.exit_code == 1 and "is not a results.csv of `supermask report`" in r.output
     r = CliRunner().invoke(main, ["report", "-o", str(tmp_path / "c")])
     assert r.exit_code == 2 and "RUNS" in r.output
+    text = (tmp_path / "a" / "results.csv").read_text().splitlines()
+    for column, value, says in (("accuracy", "nan", "a fraction in [0, 1]"), ("accuracy", "1.5", "a fraction"),
+                                ("ticket_bitpack_bytes", "-5", "at least 0")):
+        i = text[0].split(",").index(column)
+        cells = text[1].split(",")
+        cells[i] = value
+        (tmp_path / "odd.csv").write_text("\n".join([text[0], ",".join(cells), *text[2:]]) + "\n")
+        r = CliRunner().invoke(main, ["report", "--from-csv", str(tmp_path / "odd.csv"), "-o", str(tmp_path / "d")])
+        assert r.exit_code == 1 and f"row 1: {column} is '{value}'" in r.output and says in r.output, r.output
+        assert "Traceback" not in r.output and not (tmp_path / "d").exists()  # nothing half-written

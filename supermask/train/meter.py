@@ -115,7 +115,8 @@ class TrainMeter:
 
     def skip_to(self, done: int) -> None:
         """Show a resumed loop's starting point on the bar."""
-        self.bar.update(done)
+        if done:
+            self.bar.update(done)
 
     def close(self) -> None:
         self.bar.close()
