@@ -103,6 +103,8 @@ def format_summary(path: str, s: dict, extra: list[tuple[str, str]] = ()) -> str
                      f"{s['graph']['section_bytes']:,}" if s["graph"] else "")),
     ]
     for k, v in s["metadata"].items():
+        if k == "model" and v == s["architecture"]:
+            continue  # already on the model line
         shown = format_accuracy(v) if _is_accuracy(k, v) else f"{v:.6g}" if isinstance(v, float) else str(v)
         pairs.append((str(k), shown))
     pairs.extend(extra)
