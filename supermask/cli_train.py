@@ -10,8 +10,9 @@ import click
 from . import datasets
 from .codecs import CODECS
 from .train import criteria as crit
-from .train.config import (AFFINE, DEFAULT_BN_EXAMPLES, DEFAULT_DENSE_LR, DEFAULT_EPOCHS, DEFAULT_KEEPS, DEFAULT_LR,
-                           DEVICES, INIT_VARIANTS, METHOD_DEFAULTS, METHODS, FindConfig)
+from .train.config import (AFFINE, DEFAULT_BN_EXAMPLES, DEFAULT_DENSE_LR, DEFAULT_EPOCHS, DEFAULT_IMP_ROUNDS,
+                           DEFAULT_KEEPS, DEFAULT_LR, DEFAULT_PRUNE_RATE, DEVICES, IMP_CONTROLS, INIT_VARIANTS,
+                           METHOD_DEFAULTS, METHODS, FindConfig)
 
 
 def _models() -> list[str]:
@@ -91,6 +92,19 @@ def _names(ctx, param, value: str | None):
     return names
 
 
+def _controls(ctx, param, value: str | None):
+    if value is None:
+        return None
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    if names == ("all",):
+        return IMP_CONTROLS
+    bad = [n for n in names if n not in IMP_CONTROLS]
+    if bad or not names:
+        raise click.BadParameter(f"unknown control {', '.join(bad) or value!r}; choose from "
+                                 f"{', '.join(IMP_CONTROLS)} (or 'all')")
+    return names
+
+
 def _inits() -> list[str]:
     from . import rng
 
@@ -112,7 +126,8 @@ def find_options(f):
     options = [
         click.option("--method", type=click.Choice(list(METHODS)), default="criteria", show_default=True,
                      help="criteria: train the dense net, derive masks from its weights; edge-popup / bernoulli: "
-                          "learn the masks over the frozen initial weights (docs/learned.md)."),
+                          "learn the masks over the frozen initial weights (docs/learned.md); imp: iterative "
+                          "magnitude pruning with rewinding and its controls (docs/lottery.md)."),
         click.option("--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
                      help="Folder with the data set files (DIR or DIR/<dataset>/). Default: the download cache."),
         click.option("--download", is_flag=True,
@@ -169,6 +184,24 @@ def find_options(f):
         click.option("--selection", type=click.Choice(list(crit.SELECTIONS)), default=_default("selection"),
                      show_default=True,
                      help="Top-k per layer (output layer pruned at half the rate) or over all layers at once."),
+        click.option("--rounds", type=click.IntRange(0), default=None,
+                     help=f"imp: pruning rounds after the dense round 0 (default {DEFAULT_IMP_ROUNDS}, or what "
+                          "--keep needs). Give two of --rounds, --prune-rate and --keep."),
+        click.option("--prune-rate", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                     help=f"imp: fraction of the remaining weights pruned each round (default {DEFAULT_PRUNE_RATE:g}; "
+                          "the output layer at half the rate with layerwise selection)."),
+        click.option("--rewind", type=click.IntRange(0), default=None,
+                     help="imp: the training iteration whose weights each round restarts from (default 0: the "
+                          "initial weights; late resetting for deep nets)."),
+        click.option("--controls", callback=_controls, default=None,
+                     help=f"imp: controls retrained at every round, comma-separated or 'all': "
+                          f"{', '.join(IMP_CONTROLS)}."),
+        click.option("--val-examples", type=click.IntRange(1), default=None,
+                     help="imp: training examples held out to find the early-stopping iteration "
+                          "(default 5000, at most a tenth of the training set)."),
+        click.option("--eval-every", type=click.IntRange(1), default=None,
+                     help="imp: iterations between validation passes (default: about 20 a training, at most 100 "
+                          "iterations apart)."),
         click.option("--train-limit", type=click.IntRange(1), default=None, help="Train on the first N images only."),
         click.option("--test-limit", type=click.IntRange(1), default=None, help="Evaluate on the first N images only."),
         click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True),
@@ -183,7 +216,8 @@ def find_options(f):
 #: The find_options that are FindConfig fields; the rest say where and how to run.
 CONFIG_OPTIONS = ("method", "init", "gain_sq", "lr", "momentum", "weight_decay", "rescale", "batch_size", "epochs",
                   "iterations", "criteria", "keeps", "selection", "train_limit", "test_limit", "affine", "include",
-                  "exclude", "scale", "mean", "std", "bn_examples")
+                  "exclude", "scale", "mean", "std", "bn_examples", "rounds", "prune_rate", "rewind", "controls",
+                  "val_examples", "eval_every")
 
 
 def split_options(opts: dict) -> tuple[dict, dict]:
@@ -227,9 +261,29 @@ def find(model, dataset, seed, out, **opts):
     click.echo(f"results: {out}/results.json")
 
 
+def format_imp(rows: list[dict]) -> str:
+    """A text table of an IMP run: per round, the retrained accuracies (early-stop iteration)
+    and the supermask accuracy of the round's mask over the untrained weights."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows if r.get("retrained") and r["round"] > 0))
+    dense = next(r for r in rows if r["criterion"] == "dense")
+    lines = [f"iterative pruning ({rows[-1]['criterion']}), test accuracy % at the early-stopping iteration; "
+             f"dense {100 * dense['accuracy']:.2f} (iteration {dense['early_stop_iteration']})",
+             f"{'round':>5} {'keep %':>7}" + "".join(f"{v:>20}" for v in variants)
+             + f"{'supermask':>11}{'signed c.':>11}"]
+    by = {(r["round"], r["init"]): r for r in rows}
+    for k in sorted({r["round"] for r in rows if r["round"] > 0}):
+        trained = [by[k, f"retrained-{v}"] for v in variants]
+        cells = "".join(f"{100 * t['accuracy']:>11.2f} ({t['early_stop_iteration']:>5})" for t in trained)
+        sm = "".join(f"{100 * by[k, v]['accuracy']:>11.2f}" for v in INIT_VARIANTS)
+        lines.append(f"{k:>5} {100 * by[k, 'original']['keep']:>7.2f}{cells}{sm}")
+    return "\n".join(lines)
+
+
 def format_results(res: dict) -> str:
     """A text table: dense accuracy, then accuracy per criterion x keep for both init variants."""
     rows = res["rows"]
+    if rows and rows[0].get("method") == "imp":
+        return format_imp(rows)
     dense = next((r for r in rows if r["criterion"] == "dense"), None)
     if dense is None:  # a learned run: one row per learned mask
         lines = [f"learned supermasks ({rows[0]['criterion']}), untrained masked network on {rows[0]['total']} "
@@ -265,12 +319,15 @@ def format_results(res: dict) -> str:
 @click.option("--init", "init", type=click.Choice(list(INIT_VARIANTS)), default=None,
               help="Only this init variant: the run's own weights or their signed constants (criteria runs "
                    "evaluate both; a learned run, only the weights it learned over). Default: either.")
+@click.option("--round", "imp_round", type=click.IntRange(0), default=None,
+              help="imp runs: the round whose mask to pack (over the untrained initial weights; retrained "
+                   "weights are never a ticket: `supermask export --run DIR --round N` writes them as ONNX).")
 @click.option("--codec", type=click.Choice(["auto", *CODECS]), default="auto", show_default=True,
               help="Mask coding: auto picks the smaller of bitpack and entropy per tensor.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the ticket summary as JSON (accuracies and densities as fractions).")
 @threads_option("torch")
-def pack(ticket, out, run_dir, criterion, keep, init, codec, as_json, threads):
+def pack(ticket, out, run_dir, criterion, keep, init, imp_round, codec, as_json, threads):
     """Write one supermask of a find run as a ticket file (-o/--out, or TICKET): seed, init
     spec, packed masks, the values it stores (BatchNorm statistics, trained biases) and the
     network's ONNX graph.
@@ -293,7 +350,7 @@ def pack(ticket, out, run_dir, criterion, keep, init, codec, as_json, threads):
     from .train.pack import pack as run_pack
 
     t, check = run_pack(run_dir, ticket, criterion=criterion, keep=keep, init=init, codec=codec,
-                        return_validation=True)
+                        return_validation=True, round=imp_round)
     s = t.summary()
     if as_json:
         click.echo(json.dumps(s, indent=2))

@@ -276,7 +276,7 @@ def _tasks(aggs: Sequence[dict]) -> list[tuple[list[dict], str, str]]:
         model, dataset, method, selection, train_init, train_config = key
         title, stem = f"{model} on {dataset}", f"{model}_{dataset}"
         if method != "criteria":
-            title += f", learned by {method}"
+            title += f", learned by {method}" if method in LEARNED_METHODS else f", {method}"
             stem += f"_{method}"
         if sum(k[:3] == key[:3] for k in keys) > 1:
             title += f" ({selection} selection, trained from {train_init}, training config {train_config[:8]})"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from typing import Mapping, Sequence
@@ -22,7 +23,7 @@ DEFAULT_KEEPS = (0.5, 0.3, 0.2, 0.1, 0.05)
 DEFAULT_EPOCHS = 20
 #: Training examples used to compute BatchNorm statistics for each final mask.
 DEFAULT_BN_EXAMPLES = 5000
-METHODS = ("criteria", "edge-popup", "bernoulli")
+METHODS = ("criteria", "edge-popup", "bernoulli", "imp")
 LEARNED_METHODS = ("edge-popup", "bernoulli")
 #: Learned methods that learn their density too: one mask per run, no ``keep``.
 DENSITY_LEARNED = ("bernoulli",)
@@ -36,10 +37,19 @@ METHOD_DEFAULTS = {
                    "weight_decay": 1e-4},
     "bernoulli": {"init": "signed_kaiming_constant", "batch_size": 128, "lr": 0.1, "weight_decay": 0.0,
                   "rescale": True},
+    "imp": {"init": "kaiming_uniform", "batch_size": 60},
 }
+#: Iterative magnitude pruning (docs/lottery.md): the retrained line and its controls.
+IMP_VARIANTS = ("original", "reinit", "random-mask", "reshuffle", "signed-constant", "freeze")
+IMP_CONTROLS = IMP_VARIANTS[1:]
+DEFAULT_PRUNE_RATE = 0.2
+DEFAULT_IMP_CRITERION = "large_final"
+DEFAULT_IMP_ROUNDS = 10
 #: Fields that only some methods use (None elsewhere).
 _METHOD_FIELDS = {"momentum": ("edge-popup",), "weight_decay": ("edge-popup", "bernoulli"),
                   "rescale": ("bernoulli",)}
+#: Fields of --method imp only (None or empty elsewhere).
+_IMP_FIELDS = ("rounds", "prune_rate", "rewind", "controls", "val_examples", "eval_every")
 INIT_VARIANTS = ("original", "signed-constant")
 DEVICES = ("auto", "cpu", "cuda")
 #: The label prefix of a model or data set given to the library as an object: such a run
@@ -49,12 +59,14 @@ OBJECT_PREFIX = "object:"
 # is None whenever ``iterations`` is set, so it never splits identical training runs.
 _TRAIN_FIELDS = ("model", "dataset", "seed", "init", "gain_sq", "lr", "batch_size", "epochs", "iterations",
                  "train_limit", "method", "momentum", "weight_decay", "rescale", "affine", "include", "exclude",
-                 "scale", "mean", "std", "model_digest", "data_digest")
+                 "scale", "mean", "std", "model_digest", "data_digest", "rounds", "prune_rate", "rewind",
+                 "controls", "val_examples", "eval_every")
 # Fields added after the first runs were made: left out of the hashes while they hold the value
 # that means "not used", so the folders of earlier runs keep their identity.
 _ABSENT = {"method": "criteria", "momentum": None, "weight_decay": None, "rescale": None, "affine": "fixed",
            "include": None, "exclude": [], "scale": None, "mean": None, "std": None, "model_digest": None,
-           "data_digest": None, "bn_examples": None}
+           "data_digest": None, "bn_examples": None, "rounds": None, "prune_rate": None, "rewind": None,
+           "controls": [], "val_examples": None, "eval_every": None}
 
 
 def _floats(v: Sequence[float], what: str) -> tuple[float, ...]:
@@ -138,6 +150,12 @@ class FindConfig:
     bn_examples: int | None = None  # None: DEFAULT_BN_EXAMPLES
     model_digest: str | None = None  # structure of a model that is not built in (set by find)
     data_digest: str | None = None  # content of data that is not built in (set by find)
+    rounds: int | None = None  # imp: pruning rounds after the dense round 0
+    prune_rate: float | None = None  # imp: fraction of the remaining weights pruned per round
+    rewind: int | None = None  # imp: iteration whose weights retraining starts from (0: the init)
+    controls: tuple[str, ...] = ()  # imp: control variants retrained beside the winning tickets
+    val_examples: int | None = None  # imp: training examples held out for early stopping
+    eval_every: int | None = None  # imp: iterations between validation passes
 
     def __post_init__(self) -> None:
         _check_model(self.model)
@@ -179,7 +197,7 @@ class FindConfig:
                              f"signed-constant scheme ({', '.join(s for s in rng.SCHEMES if 'normal' not in s)})")
         if self.gain_sq is not None:
             object.__setattr__(self, "gain_sq", spec.gain_sq)
-        if self.method == "criteria":
+        if self.method in ("criteria", "imp"):
             default_lr = DEFAULT_LR.get(self.model, DEFAULT_DENSE_LR)
         else:
             default_lr = defaults["lr"]
@@ -199,7 +217,15 @@ class FindConfig:
         object.__setattr__(self, "epochs", None if self.iterations is not None else self.epochs or DEFAULT_EPOCHS)
         if self.selection not in crit.SELECTIONS:
             raise ValueError(f"unknown selection {self.selection!r}; choose one of {', '.join(crit.SELECTIONS)}")
-        if self.method == "criteria":
+        if self.method == "imp":
+            self._check_imp()
+        else:
+            for name in _IMP_FIELDS:
+                if getattr(self, name) not in (None, ()):
+                    raise ValueError(f"{name.replace('_', '-')} applies to --method imp only, not {self.method}")
+        if self.method == "imp":
+            pass
+        elif self.method == "criteria":
             names = tuple(crit.CRITERIA) if self.criteria is None else tuple(self.criteria)
             if not names:
                 raise ValueError("give at least one criterion")
@@ -215,7 +241,9 @@ class FindConfig:
                 raise ValueError(f"--method {self.method} selects per layer; --selection {self.selection} "
                                  f"applies to --method criteria only")
             object.__setattr__(self, "criteria", ())
-        if self.method in DENSITY_LEARNED:
+        if self.method == "imp":
+            pass
+        elif self.method in DENSITY_LEARNED:
             if self.keeps:
                 raise ValueError("--method bernoulli learns how much to keep; --keep does not apply to it")
             object.__setattr__(self, "keeps", ())
@@ -228,6 +256,64 @@ class FindConfig:
                     except SupermaskError:
                         raise ValueError(f"keep {k:g} is too small for the scaled init (gain^2 = 2 / keep = "
                                          f"{2 / k:g}); give a larger keep, or fix the init with --gain-sq") from None
+
+    def _check_imp(self) -> None:
+        """Canonical IMP settings: one criterion, and the schedule as (rounds, prune_rate) from
+        any two of rounds, prune rate and target keep (docs/lottery.md)."""
+        names = (DEFAULT_IMP_CRITERION,) if self.criteria is None else tuple(self.criteria)
+        if len(names) != 1:
+            raise ValueError(f"--method imp prunes with one criterion at every round, got {', '.join(names) or 'none'}")
+        crit.get(names[0])
+        object.__setattr__(self, "criteria", names)
+        rounds, rate, keeps = self.rounds, self.prune_rate, self.keeps
+        if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
+            raise ValueError(f"--rounds must be a whole number of at least 1 (round 0 is the dense training), "
+                             f"got {rounds!r}")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1):
+            raise ValueError(f"--prune-rate must be a fraction in (0, 1) of the remaining weights, got {rate!r}")
+        target = None
+        if keeps:
+            if len(keeps) != 1:
+                raise ValueError("--method imp takes one --keep: the density of the last round")
+            target = float(keeps[0])
+            if not 0 < target < 1:
+                raise ValueError(f"the target keep {target:g} is not below the current density 1 (the dense "
+                                 f"network): there is nothing to prune")
+        if rounds is not None and rate is not None and target is not None:
+            raise ValueError("give two of --rounds, --prune-rate and --keep: the third follows from them")
+        if target is not None and rounds is not None:
+            rate = 1.0 - target ** (1.0 / rounds)
+        elif target is not None:
+            rate = DEFAULT_PRUNE_RATE if rate is None else float(rate)
+            rounds = max(1, math.ceil(math.log(target) / math.log(1.0 - rate) - 1e-9))
+        else:
+            rate = DEFAULT_PRUNE_RATE if rate is None else float(rate)
+            rounds = DEFAULT_IMP_ROUNDS if rounds is None else rounds
+        object.__setattr__(self, "rounds", int(rounds))
+        object.__setattr__(self, "prune_rate", float(rate))
+        object.__setattr__(self, "keeps", ())
+        rewind = 0 if self.rewind is None else self.rewind
+        if isinstance(rewind, bool) or not isinstance(rewind, int) or rewind < 0:
+            raise ValueError(f"--rewind must be an iteration number of at least 0, got {rewind!r}")
+        if self.iterations is not None and rewind >= self.iterations:
+            raise ValueError(f"--rewind {rewind} is past the training length ({self.iterations} iterations); "
+                             f"rewind to an iteration before the end of training")
+        object.__setattr__(self, "rewind", rewind)
+        controls = tuple(self.controls or ())
+        if controls == ("all",):
+            controls = IMP_CONTROLS
+        bad = [c for c in controls if c not in IMP_CONTROLS]
+        if bad:
+            raise ValueError(f"unknown control {', '.join(bad)}; choose from {', '.join(IMP_CONTROLS)} (or 'all')")
+        object.__setattr__(self, "controls", tuple(c for c in IMP_CONTROLS if c in controls))
+        for name in ("val_examples", "eval_every"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
+
+    def imp_keeps(self) -> list[float]:
+        """The nominal density after each IMP round 0..rounds: (1 - prune_rate)^r."""
+        return [float(f"{(1.0 - self.prune_rate) ** r:.12g}") for r in range(self.rounds + 1)]
 
     def _check_preprocess(self) -> None:
         if self.scale is not None:
@@ -265,7 +351,7 @@ class FindConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k in ("criteria", "keeps", "exclude"):
+        for k in ("criteria", "keeps", "exclude", "controls"):
             d[k] = list(getattr(self, k))
         for k in ("include", "mean", "std"):
             d[k] = None if getattr(self, k) is None else list(getattr(self, k))
@@ -278,14 +364,14 @@ class FindConfig:
         if extra:
             raise ValueError(f"unknown config fields: {', '.join(sorted(extra))}")
         d = dict(d)
-        for k in ("criteria", "keeps", "include", "exclude", "mean", "std"):
+        for k in ("criteria", "keeps", "include", "exclude", "mean", "std", "controls"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
 
     @property
     def learned(self) -> bool:
-        return self.method != "criteria"
+        return self.method in LEARNED_METHODS
 
     def _hash(self, keys: Sequence[str]) -> str:
         d = self.to_dict()
@@ -294,15 +380,20 @@ class FindConfig:
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
     @property
+    def _train_fields(self) -> tuple[str, ...]:
+        # IMP trains again after every pruning round: what it prunes with changes what it trains
+        return _TRAIN_FIELDS + (("criteria", "selection") if self.method == "imp" else ())
+
+    @property
     def train_hash(self) -> str:
         """Identity of the training stage (what trained weights depend on)."""
-        return self._hash(_TRAIN_FIELDS)
+        return self._hash(self._train_fields)
 
     @property
     def train_config_hash(self) -> str:
         """Identity of the training config apart from the seed: runs that differ only in their
         seed share it, so reports average exactly those."""
-        return self._hash([k for k in _TRAIN_FIELDS if k != "seed"])
+        return self._hash([k for k in self._train_fields if k != "seed"])
 
     @property
     def run_hash(self) -> str:

@@ -141,6 +141,11 @@ def find(cfg: FindConfig, out: str | os.PathLike, *, data_dir: str | None = None
         torch.set_num_threads(threads)
     cfg, inputs = prepare(cfg, model=model, train_data=train_data, test_data=test_data, classes=classes,
                           data_dir=data_dir, download=download)
+    if cfg.method == "imp":  # a schedule that cannot run fails before the run folder is made
+        from .imp import plan
+
+        n = len(inputs.train_set)
+        plan(cfg, n if cfg.train_limit is None else min(n, cfg.train_limit))
     with claim_folder(out, "run folder", RunError) as out:
         return _find_locked(cfg, inputs, out, device, progress)
 
@@ -182,7 +187,13 @@ def _find_locked(cfg: FindConfig, inputs: _Inputs, out: Path, device: str, progr
     }))
     atomic_write(out / "model.json", _json(model_info(cfg, inputs)))
     (out / "architecture.json").unlink(missing_ok=True)  # left by an older version
-    if cfg.learned:
+    if cfg.method == "imp":
+        from .imp import run_imp
+
+        base = _row_base(cfg)
+        rows, masks, extras = run_imp(cfg, inputs, out, dev, progress, _Evaluator(cfg, inputs, dev))
+        rows = [{**base, **r} for r in rows]
+    elif cfg.learned:
         rows, masks, extras = _learn_and_evaluate(cfg, inputs, out, dev, progress)
     else:
         rows, masks, extras = _train_and_evaluate(cfg, inputs, out, train_hashes, dev, progress)
@@ -302,7 +313,7 @@ def _train_and_evaluate(cfg: FindConfig, inputs: _Inputs, out: Path, train_hashe
 
 def _row_base(cfg: FindConfig) -> dict[str, Any]:
     base = {"model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed, "selection": cfg.selection}
-    if cfg.learned:
+    if cfg.method != "criteria":
         base["method"] = cfg.method
     if cfg.affine != "fixed":
         base["affine"] = cfg.affine

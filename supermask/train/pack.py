@@ -61,7 +61,8 @@ def _resolve(cfg, results, criterion, keep, init, run):
 
 
 def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | None = None, keep: float | None = None,
-         init: str | None = None, codec: str = "auto", model=None, return_validation: bool = False):
+         init: str | None = None, codec: str = "auto", model=None, return_validation: bool = False,
+         round: int | None = None):
     """Write the ticket of one supermask of a finished run; return the parsed :class:`Ticket`
     (and the graph's :class:`~supermask.export.torch_graph.Validation` with ``return_validation``).
 
@@ -79,6 +80,15 @@ def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | Non
     from .subject import Subject
 
     cfg, info, results = load_run(run)
+    if round is not None:
+        if cfg.method != "imp":
+            raise RunError(f"{run} is a --method {cfg.method} run; --round selects a round of a --method imp run")
+        if not 1 <= round <= cfg.rounds:
+            raise RunError(f"{run} has rounds 1 to {cfg.rounds} (round 0 is the dense network, not a supermask); "
+                           f"got --round {round}")
+        if keep is not None:
+            raise RunError("give --round or --keep, not both: each round has its own keep")
+        keep = cfg.imp_keeps()[round]
     criterion, row, init = _resolve(cfg, results, criterion, keep, init, run)
     keep = row["keep"]  # the run's own value, not the one typed (0.1 for 0.1000000000001)
     spec = (cfg.init_for(keep if cfg.method == "edge-popup" else None) if cfg.learned
@@ -125,7 +135,9 @@ def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | Non
     x = validation_inputs(info["input_shape"], info["input_dtype"], lo, hi)
     check = validate(graph, subject.module, tensors, preprocess, x)
     meta = {
-        **({"method": cfg.method} if cfg.learned else {}),
+        **({"method": cfg.method} if cfg.method != "criteria" else {}),
+        # an IMP round's mask over the untrained initial weights; its retrained weights are not in it
+        **({"round": row["round"], "untrained": True} if cfg.method == "imp" else {}),
         "dataset": cfg.dataset[-200:],
         "model": cfg.model[-200:],
         "accuracy": row["accuracy"],
@@ -151,3 +163,55 @@ def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | Non
             raise RunError(f"internal error: tensor {n!r} of the ticket differs from the run's; not written")
     atomic_write(out, data)
     return (ticket, check) if return_validation else ticket
+
+
+def export_retrained(run: str | os.PathLike, out: str | os.PathLike, *, round: int, variant: str = "original",
+                     fmt: str = "dense", model=None) -> dict:
+    """Write the *retrained* network of one round of an IMP run as a self-contained ONNX file.
+
+    These are trained weights (the early-stopped state of that round's training, round 0 being
+    the dense network), so they go to ONNX and never into a ticket: a ticket holds only what the
+    seed regenerates. The graph is checked in onnxruntime against the torch model first.
+    Returns what was written (path, bytes, round, variant, accuracy).
+    """
+    from ..atomic import atomic_write
+    from ..export import fill_graph
+    from ..export.torch_graph import export_graph, validate, validation_inputs
+    from .config import IMP_VARIANTS
+    from .data import load_model
+    from .subject import Subject
+
+    cfg, info, results = load_run(run)
+    if cfg.method != "imp":
+        raise RunError(f"{run} is a --method {cfg.method} run: it has no retrained rounds (pack a ticket from it "
+                       f"with `supermask pack`)")
+    if not 0 <= round <= cfg.rounds:
+        raise RunError(f"{run} has rounds 0 to {cfg.rounds}; got --round {round}")
+    if variant not in IMP_VARIANTS or (round == 0 and variant != "original") or (
+            variant != "original" and variant not in cfg.controls):
+        have = ["original", *cfg.controls] if round else ["original"]
+        raise RunError(f"{run} has no {variant!r} training at round {round}; it has {', '.join(have)}")
+    arrays = load_npz(Path(run) / "imp" / f"r{round:02d}-{variant}.npz")
+    weights = {k[len("best/"):]: v for k, v in arrays.items() if k.startswith("best/")}
+    if model is None:
+        if cfg.model.startswith(OBJECT_PREFIX):
+            raise RunError(f"{run}: the model was given to supermask.find as an object; pass it here too")
+        model = load_model(cfg.model, info["input_shape"], len(info["classes"]))
+    subject = Subject.from_module(model, include=cfg.include, exclude=cfg.exclude, affine=cfg.affine)
+    if subject.digest() != info["digest"]:
+        raise ModelError(f"{run}: the model now has other tensors than when the run was made; export with the "
+                         f"same model code")
+    preprocess = Preprocess(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in info["preprocess"].items()})
+    graph = export_graph(subject.module, weights, info["input_shape"], preprocess)
+    lo, hi = info.get("input_range", [0.0, 255.0])
+    check = validate(graph, subject.module, weights, preprocess,
+                     validation_inputs(info["input_shape"], info["input_dtype"], lo, hi))
+    row = next((r for r in results["rows"] if r.get("round") == round and r.get("retrained")
+                and (r["criterion"] == "dense" or r.get("variant") == variant)), None)
+    meta = {"supermask.retrained": f"imp round {round}, {variant}: trained weights, not a seed-regenerable ticket",
+            "supermask.run_hash": cfg.run_hash}
+    onnx_model = fill_graph(graph, weights, fmt, meta, info["classes"])
+    data = onnx_model.SerializeToString()
+    atomic_write(out, data)
+    return {"path": str(out), "file_bytes": len(data), "round": round, "variant": variant, "format": fmt,
+            "accuracy": None if row is None else row["accuracy"], "max_abs_diff": check.max_abs_diff}

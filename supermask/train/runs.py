@@ -171,10 +171,11 @@ def best_row(results: Mapping, criterion: str | None = None, keep: float | None 
              init: str | None = None) -> dict | None:
     """The most accurate supermask row of a run among those matching the given criterion, keep
     and init variant (None: any). Ties go to the sparser mask, then to the default criterion
-    and the original init. Dense rows are never picked."""
+    and the original init. Dense rows and retrained rows (of an IMP run) are never picked: only
+    supermasks over the untrained initial weights become tickets."""
     from .criteria import DEFAULT_CRITERION
 
-    rows = [r for r in results.get("rows", []) if r["criterion"] != "dense"
+    rows = [r for r in results.get("rows", []) if r["criterion"] != "dense" and not r.get("retrained")
             and (criterion is None or r["criterion"] == criterion) and (init is None or r["init"] == init)
             and (keep is None or _same_keep(r["keep"], keep))]
     if not rows:
