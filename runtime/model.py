@@ -16,6 +16,7 @@ from ..errors import InputError, NonFiniteError, RuntimeUnavailableError, Superm
 from ..prediction import predict_classes
 from ..ticket import Ticket, check_memory, read_ticket, resolve_max_memory
 from .inputs import to_batch, warn_if_out_of_range
+from .lowbit import WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +123,17 @@ class Model:
     session); ``note`` says why CUDA was not used when ``device="auto"`` wanted it.
     """
 
-    def __init__(self, ticket: Ticket, session, buffers: object, device: str, note: str | None):
+    def __init__(self, ticket: Ticket, session, buffers: object, device: str, note: str | None, *,
+                 lowbit: dict | None = None, weights_note: str | None = None, linear_layers: int = 0):
         self.ticket = ticket
         self.session = session
         self.device = device
         self.note = note
+        #: The 4-bit layers: weight name -> :class:`~supermask.runtime.lowbit.LowBitLayer` (empty: all float32).
+        self.lowbit = dict(lowbit or {})
+        #: Why ``weights="auto"`` kept some or all linear layers float32, or None.
+        self.weights_note = weights_note
+        self._linear_layers = linear_layers
         # The session reads the weight arrays in place (external initializers): keep them alive.
         self._buffers = buffers
         ins, outs = session.get_inputs(), session.get_outputs()
@@ -152,6 +159,18 @@ class Model:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.ticket.input_shape)
+
+    @property
+    def weights(self) -> str:
+        """``lowbit`` when some linear layers hold 4-bit ternary weights, else ``float``."""
+        return "lowbit" if self.lowbit else "float"
+
+    @property
+    def weights_summary(self) -> str:
+        """One line: which layers hold 4-bit weights and at how many bits per weight."""
+        from .lowbit import describe
+
+        return describe(self.lowbit, self._linear_layers)
 
     @property
     def providers(self) -> list[str]:
@@ -330,8 +349,51 @@ def graph_session(graph: bytes, weights: dict[str, np.ndarray], device: str = "a
     return session, note, keep
 
 
+def _lowbit_graph(ticket: Ticket, weights: dict, mode: str, device: str):
+    """For ``mode`` ``auto`` or ``lowbit``: (graph bytes or None, the float32 weights the session
+    still takes, packed layers, note, linear layer count). None: use the float path."""
+    from . import lowbit
+
+    ort = _ort()
+    signed = {t.name for t in ticket.tensors if t.distribution == "signed_constant"}
+    if not signed:
+        if mode == "lowbit":
+            raise lowbit.LowBitError(
+                f"4-bit weights need ternary linear layers ({{-c, 0, +c}}); this ticket has none: its init is "
+                f"{ticket.init.scheme}, not signed_kaiming_constant or signed_glorot_constant. "
+                f"Use --weights float (or auto)")
+        return None, weights, {}, f"float32 weights: the ticket's init {ticket.init.scheme} is not signed-constant", 0
+    try:
+        import onnx
+    except ImportError:
+        if mode == "lowbit":
+            raise RuntimeUnavailableError("4-bit weights need the onnx package to rewrite the graph "
+                                          "(`pip install onnx`); use --weights float") from None
+        return None, weights, {}, "float32 weights: the onnx package is not installed", 0
+    if ticket.graph is not None:
+        model = onnx.load_from_string(ticket.graph)
+    else:
+        from ..export.graph import build_model
+
+        model = build_model(ticket.architecture, storage="external")
+    p = lowbit.plan(model.graph, weights, mode, only=signed)
+    if not p.layers:
+        return None, weights, {}, p.note, p.linear
+    providers, _ = _providers_for(device, ort)
+    provider = lowbit.provider_in_use(ort, providers)
+    if mode == "lowbit":
+        lowbit.require_support(ort, provider)
+    else:
+        why = lowbit.unsupported(ort, provider)
+        if why:
+            return None, weights, {}, f"float32 weights: {why}", p.linear
+    packed = lowbit.rewrite(model, weights, p)
+    rest = {k: v for k, v in weights.items() if k not in packed}
+    return model.SerializeToString(), rest, packed, p.note, p.linear
+
+
 def load(source: Ticket | str | os.PathLike, device: str = "auto", *, threads: int | None = None,
-         verify: bool = True, max_memory: int | str | None = None) -> Model:
+         verify: bool = True, max_memory: int | str | None = None, weights: str = "auto") -> Model:
     """Read a ticket, regenerate and mask its weights, and open an onnxruntime session.
 
     ``device``: ``auto`` (CUDA when onnxruntime can use it, else the CPU with a note in
@@ -341,16 +403,33 @@ def load(source: Ticket | str | os.PathLike, device: str = "auto", *, threads: i
     size such as ``"2GiB"``; default: ``SUPERMASK_MAX_MEMORY`` or 4 GiB) caps what decoding,
     regeneration and the session are estimated to need; above it,
     :class:`~supermask.errors.MemoryLimitError` is raised before anything large is allocated.
+
+    ``weights``: ``float`` (float32 everywhere), ``lowbit`` (every ternary linear layer of a
+    signed-constant ticket as exact 4-bit ``MatMulNBits``; :class:`~supermask.runtime.lowbit.LowBitError`
+    when the ticket has none, :class:`RuntimeUnavailableError` when onnxruntime cannot run
+    the operator on the provider in use) or ``auto`` (4 bits for the ternary linear layers
+    large enough to be faster that way, see :data:`~supermask.runtime.lowbit.AUTO_MIN_WEIGHTS`;
+    float32 otherwise, with the reason in :attr:`Model.weights_note` and the debug log).
     """
     if device not in DEVICES:
         raise SupermaskError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if weights not in WEIGHTS:
+        raise SupermaskError(f"unknown weights {weights!r}; choose one of {', '.join(WEIGHTS)}")
     cap = resolve_max_memory(max_memory)
     ticket = source if isinstance(source, Ticket) else read_ticket(source, max_memory=cap)
     check_memory("loading this ticket", ticket.memory_estimate(session=True), cap)
-    weights = ticket.weights(verify=verify, max_memory=cap)
-    if ticket.graph is not None:
-        session, note, buffers = graph_session(ticket.graph, weights, device, threads)
+    tensors = ticket.weights(verify=verify, max_memory=cap)
+    graph, packed, weights_note, linear = None, {}, None, 0
+    if weights != "float":
+        graph, tensors, packed, weights_note, linear = _lowbit_graph(ticket, tensors, weights, device)
+        if weights_note:
+            log.debug(weights_note)
+    if graph is not None:
+        session, note, buffers = graph_session(graph, tensors, device, threads)
+    elif ticket.graph is not None:
+        session, note, buffers = graph_session(ticket.graph, tensors, device, threads)
     else:
-        session, note, buffers = make_session(ticket.architecture, weights, device, threads)
-    return Model(ticket, session, (weights, buffers), device, note)
+        session, note, buffers = make_session(ticket.architecture, tensors, device, threads)
+    return Model(ticket, session, (tensors, buffers), device, note, lowbit=packed, weights_note=weights_note,
+                 linear_layers=linear)
 
