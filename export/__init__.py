@@ -24,7 +24,7 @@ from ..errors import SupermaskError
 from ..ticket import Ticket, check_memory, read_ticket
 from .graph import INPUT_NAME, IR_VERSION, MAX_PROTO_BYTES, OPSET, OUTPUT_NAME, STORAGE, build_model
 
-FORMATS = ("dense", "sparse")
+FORMATS = ("dense", "sparse", "lowbit")
 
 __all__ = ["export_ticket", "ticket_model", "fill_graph", "ExportResult", "build_model", "FORMATS", "STORAGE",
            "IR_VERSION", "OPSET", "INPUT_NAME", "OUTPUT_NAME"]
@@ -35,7 +35,8 @@ class ExportResult:
     """What :func:`export_ticket` wrote.
 
     ``sparse_tensors`` and ``dense_tensors`` name the model's parameter tensors (weights and
-    biases; not the preprocessing constants) by how each was stored.
+    biases; not the preprocessing constants) by how each was stored; ``lowbit_tensors`` the
+    weights held as 4-bit ``MatMulNBits`` codes (format ``lowbit``).
     """
 
     path: str
@@ -46,12 +47,14 @@ class ExportResult:
     dense_tensors: tuple[str, ...]
     ir_version: int
     opset: int
+    lowbit_tensors: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {
             "path": self.path, "format": self.format, "file_bytes": self.file_bytes,
             "ticket_bytes": self.ticket_bytes, "sparse_tensors": list(self.sparse_tensors),
-            "dense_tensors": list(self.dense_tensors), "ir_version": self.ir_version, "opset": self.opset,
+            "dense_tensors": list(self.dense_tensors), "lowbit_tensors": list(self.lowbit_tensors),
+            "ir_version": self.ir_version, "opset": self.opset,
         }
 
 
@@ -70,8 +73,8 @@ def fill_graph(graph: bytes, weights, storage: str = "dense", metadata=None, cla
 
     from .graph import dense_initializer, sparse_bytes, sparse_initializer
 
-    if storage not in FORMATS:
-        raise SupermaskError(f"unknown export format {storage!r}; choose one of {', '.join(FORMATS)}")
+    if storage not in ("dense", "sparse"):
+        raise SupermaskError(f"unknown storage {storage!r}; choose dense or sparse")
     model = onnx.load_from_string(graph)
     g = model.graph
     inits, sparse = [], []
@@ -96,7 +99,12 @@ def fill_graph(graph: bytes, weights, storage: str = "dense", metadata=None, cla
 
 
 def ticket_model(ticket: Ticket | str | os.PathLike, fmt: str = "dense"):
-    """The ONNX ``ModelProto`` of a ticket, self-contained, with weights stored as ``fmt``."""
+    """The ONNX ``ModelProto`` of a ticket, self-contained, with weights stored as ``fmt``.
+
+    ``lowbit``: every ternary linear layer (signed-constant tickets) becomes an exact 4-bit
+    ``com.microsoft.MatMulNBits`` node (:mod:`supermask.runtime.lowbit`), the rest is dense;
+    :class:`~supermask.runtime.lowbit.LowBitError` when the ticket has no ternary linear layer.
+    """
     if fmt not in FORMATS:
         raise SupermaskError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     t = _as_ticket(ticket)
@@ -111,9 +119,37 @@ def ticket_model(ticket: Ticket | str | os.PathLike, fmt: str = "dense"):
     parts = t.memory_estimate()
     parts["ONNX model and its serialized bytes"] = 2 * parts["float32 weights"]
     check_memory("exporting this ticket to ONNX", parts)
+    if fmt == "lowbit":
+        return _lowbit_model(t, meta)
     if t.graph is not None:
         return fill_graph(t.graph, t.weights(), fmt, meta, t.classes)
     return build_model(t.architecture, t.weights(), storage=fmt, metadata=meta)
+
+
+def _lowbit_model(t: Ticket, meta: dict):
+    from onnx import helper
+
+    from ..runtime import lowbit
+
+    signed = {e.name for e in t.tensors if e.distribution == "signed_constant"}
+    if not signed:
+        raise lowbit.LowBitError(
+            f"--format lowbit needs ternary linear layers ({{-c, 0, +c}}); this ticket has none: its init is "
+            f"{t.init.scheme}, not signed_kaiming_constant or signed_glorot_constant. Use --format dense or sparse")
+    weights = t.weights()
+    meta = dict(meta, **{"supermask.weights": "lowbit"})
+    if t.graph is not None:
+        model = fill_graph(t.graph, weights, "dense", meta, t.classes)
+    else:
+        model = build_model(t.architecture, weights, storage="dense", metadata=meta)
+    p = lowbit.plan(model.graph, weights, "lowbit", only=signed)
+    done = lowbit.rewrite(model, weights, p)
+    meta["supermask.lowbit_tensors"] = ",".join(done)
+    props = {e.key: e.value for e in model.metadata_props}
+    props.update(meta)
+    del model.metadata_props[:]
+    helper.set_model_props(model, props)
+    return model
 
 
 def export_ticket(ticket: Ticket | str | os.PathLike, out: str | os.PathLike, fmt: str = "dense",
@@ -137,11 +173,13 @@ def export_ticket(ticket: Ticket | str | os.PathLike, out: str | os.PathLike, fm
         raise SupermaskError(
             f"the {fmt} ONNX model would be {size:,} bytes, above protobuf's 2 GiB limit"
             + ("; try --format sparse" if fmt == "dense" else ""))
+    lowbit_tensors = tuple(n for e in model.metadata_props if e.key == "supermask.lowbit_tensors"
+                           for n in e.value.split(",") if n)
     if check:
         try:
             # Shape inference does not understand sparse initializers, so the full check (which
             # runs it) is for dense models only.
-            onnx.checker.check_model(model, full_check=(fmt == "dense"))
+            onnx.checker.check_model(model, full_check=(fmt in ("dense", "lowbit")))
         except onnx.checker.ValidationError as e:  # a bug here, not a user error, but say so clearly
             raise SupermaskError(f"the exported model failed onnx.checker: {str(e)[:300]}") from None
     if out.is_dir():
@@ -153,7 +191,9 @@ def export_ticket(ticket: Ticket | str | os.PathLike, out: str | os.PathLike, fm
         path=str(out), format=fmt, file_bytes=out.stat().st_size, ticket_bytes=t.file_bytes,
         # parameter tensors (weights and biases) by storage; preprocessing constants left out
         sparse_tensors=tuple(s.values.name for s in model.graph.sparse_initializer),
-        dense_tensors=tuple(i.name for i in model.graph.initializer if not i.name.startswith("preprocess_")),
+        dense_tensors=tuple(i.name for i in model.graph.initializer
+                            if not i.name.startswith("preprocess_") and not i.name.endswith((".q4", ".q4_scales"))),
         ir_version=model.ir_version,
         opset=next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET),
+        lowbit_tensors=lowbit_tensors,
     )

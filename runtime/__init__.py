@@ -22,6 +22,11 @@ ticket's architecture description (preprocessing included) and opens a session. 
   not available instead of running on the CPU.
 * ``cpu``: the CPU provider only.
 
+``load(..., weights=...)`` picks how the weights are held: ``float`` (float32), ``lowbit``
+(the ternary linear layers of a signed-constant ticket as exact 4-bit ``MatMulNBits``, about
+8x less memory; see :mod:`supermask.runtime.lowbit`) or ``auto`` (the default: 4 bits where
+that is also faster, float32 otherwise; ``model.weights_note`` says why).
+
 ``load(..., max_memory=...)`` caps the memory a ticket may ask for (default 4 GiB, or the
 ``SUPERMASK_MAX_MEMORY`` environment variable): above the estimate it raises
 :class:`~supermask.errors.MemoryLimitError` before allocating. NaN or infinite logits raise
@@ -31,6 +36,7 @@ ticket's architecture description (preprocessing included) and opens a session. 
 from __future__ import annotations
 
 from .inputs import read_input, to_batch
+from .lowbit import WEIGHTS, LowBitError
 from .model import (
     CPU,
     CUDA,
@@ -46,5 +52,5 @@ from .model import (
 
 __all__ = [
     "load", "Model", "Evaluation", "DEVICES", "CPU", "CUDA", "DEFAULT_BATCH_SIZE",
-    "available_providers", "cuda_available", "make_session", "read_input", "to_batch",
+    "available_providers", "cuda_available", "make_session", "read_input", "to_batch", "WEIGHTS", "LowBitError",
 ]

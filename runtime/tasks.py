@@ -27,6 +27,7 @@ def evaluate_dataset(
     batch_size: int = DEFAULT_BATCH_SIZE,
     limit: int | None = None,
     threads: int | None = None,
+    weights: str = "auto",
 ) -> dict:
     """Test accuracy of a ticket on a named data set, computed by onnxruntime.
 
@@ -37,14 +38,16 @@ def evaluate_dataset(
     measured for this mask, as recorded in the ticket's metadata (null when absent), and
     ``warnings``: a line when the data lie far outside the range the model was trained on
     (see :func:`~supermask.runtime.inputs.range_warning`; the model also issues it as an
-    :class:`~supermask.runtime.inputs.InputRangeWarning`).
+    :class:`~supermask.runtime.inputs.InputRangeWarning`), and ``weights`` (``float`` or
+    ``lowbit``: the form in use, see :func:`~supermask.runtime.load`), ``weights_summary``
+    (one line) and ``weights_note`` (why ``auto`` kept layers float32, or null).
     """
     from .. import datasets
     from .model import _ort
 
     _ort()
     t0 = time.perf_counter()
-    model = load(ticket, device, threads=threads)
+    model = load(ticket, device, threads=threads, weights=weights)
     load_seconds = time.perf_counter() - t0
     ds = datasets.load(dataset, split, data_dir=data_dir, download=download)
     shape = tuple(ds.images.shape[1:])
@@ -66,7 +69,7 @@ def evaluate_dataset(
                ticket_sha256=model.ticket.sha256,
                # what `find` measured for this mask, as `pack` recorded it (null when unknown)
                ticket_accuracy=meta.get("accuracy"), ticket_dataset=meta.get("dataset"),
-               ticket_test_examples=meta.get("test_examples"), warnings=alerts)
+               ticket_test_examples=meta.get("test_examples"), warnings=alerts, **_weights(model))
     return out
 
 
@@ -77,6 +80,7 @@ def predict_files(
     device: str = "auto",
     top_k: int = 1,
     threads: int | None = None,
+    weights: str = "auto",
 ) -> dict:
     """Class predictions for ``.npy`` arrays and image files.
 
@@ -89,7 +93,7 @@ def predict_files(
     """
     if not inputs:
         raise InputError("no inputs given")
-    model = load(ticket, device, threads=threads)
+    model = load(ticket, device, threads=threads, weights=weights)
     batches = [(str(p), read_input(p, model.input_shape)) for p in inputs]  # read all first: fail early
     alerts = [m for path, batch in batches if (m := range_warning(batch, model.ticket.metadata, path))]
     k = max(1, min(int(top_k), len(model.classes)))
@@ -110,4 +114,8 @@ def predict_files(
                 "top": [[model.classes[j], float(probs[i, j])] for j in order],
             })
     return {"ticket": str(ticket), "provider": model.provider, "providers": model.providers,
-            "note": model.note, "warnings": alerts, "predictions": rows}
+            "note": model.note, "warnings": alerts, **_weights(model), "predictions": rows}
+
+
+def _weights(model) -> dict:
+    return {"weights": model.weights, "weights_summary": model.weights_summary, "weights_note": model.weights_note}

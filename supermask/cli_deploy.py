@@ -23,6 +23,17 @@ _DEVICE_HELP = ("auto: CUDA when onnxruntime can use it, else the CPU (with a no
                 "onnxruntime is installed but CUDA could not be used); cuda: fail unless CUDA is used; "
                 "cpu: CPU only.")
 _JSON_HELP = "Print the result as JSON (accuracies as fractions, not percentages)."
+_WEIGHTS_HELP = ("How the weights are held. lowbit: the ternary linear layers of a signed-constant ticket as exact "
+                 "4-bit MatMulNBits (about 8x less memory; an error for other tickets); float: float32; auto: "
+                 "4 bits only where that is also faster, else float32 (the reason is in the JSON's weights_note).")
+
+
+def weights_option(f):
+    """--weights auto|float|lowbit (see supermask.runtime.load)."""
+    from .runtime.lowbit import WEIGHTS
+
+    return click.option("--weights", "weights", type=click.Choice(list(WEIGHTS)), default="auto",
+                        show_default=True, help=_WEIGHTS_HELP)(f)
 
 
 def _note(result: dict) -> None:
@@ -74,9 +85,11 @@ def _range_warnings_as_lines():
               help="The ONNX file to write (required).")
 @click.option("--output", "output", type=click.Path(dir_okay=False, path_type=str), default=None, hidden=True,
               help="Old name of -o/--out.")
-@click.option("--format", "fmt", type=click.Choice(["dense", "sparse"]), default="dense", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(["dense", "sparse", "lowbit"]), default="dense", show_default=True,
               help="dense: plain initializers; sparse: each tensor (weights and biases) stored as "
-                   "values + int64 indices when that is smaller.")
+                   "values + int64 indices when that is smaller; lowbit: the ternary linear layers of a "
+                   "signed-constant ticket as exact 4-bit com.microsoft.MatMulNBits (onnxruntime only), "
+                   "the rest dense.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @max_memory_option
 def export(ticket: str, out: str | None, output: str | None, fmt: str, as_json: bool,
@@ -103,7 +116,8 @@ def export(ticket: str, out: str | None, output: str | None, fmt: str, as_json: 
         click.echo(json.dumps(r.to_dict(), indent=2))
     else:
         click.echo(f"wrote {r.path}: {r.file_bytes:,} bytes ({fmt}; ticket {r.ticket_bytes:,} bytes), "
-                   f"{len(r.sparse_tensors)} sparse and {len(r.dense_tensors)} dense tensors, "
+                   + (f"{len(r.lowbit_tensors)} 4-bit, " if r.lowbit_tensors else "")
+                   + f"{len(r.sparse_tensors)} sparse and {len(r.dense_tensors)} dense tensors, "
                    f"ONNX IR {r.ir_version}, opset {r.opset}")
 
 
@@ -120,18 +134,20 @@ def export(ticket: str, out: str | None, output: str | None, fmt: str, as_json: 
 @click.option("--device", type=_DEVICE, default="auto", show_default=True, help=_DEVICE_HELP)
 @click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N examples.")
+@weights_option
 @threads_option("onnxruntime")
 @max_memory_option
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 def eval_(ticket: str, dataset: str, split: str, data_dir: str | None, download: bool, device: str,
-          batch_size: int, limit: int | None, threads: int | None, max_memory: int | None, as_json: bool) -> None:
+          batch_size: int, limit: int | None, weights: str, threads: int | None, max_memory: int | None,
+          as_json: bool) -> None:
     """Test accuracy of TICKET on a data set, computed with onnxruntime."""
     from .runtime.tasks import evaluate_dataset
     from .ticket import memory_cap
 
     with _range_warnings_as_lines(), memory_cap(max_memory):
         r = evaluate_dataset(ticket, dataset, split=split, data_dir=data_dir, download=download, device=device,
-                             batch_size=batch_size, limit=limit, threads=threads)
+                             batch_size=batch_size, limit=limit, threads=threads, weights=weights)
     _note(r)
     if as_json:
         click.echo(json.dumps(r, indent=2))
@@ -144,6 +160,7 @@ def eval_(ticket: str, dataset: str, split: str, data_dir: str | None, download:
     click.echo(f"provider    {r['provider']}" + ("  (IO binding)" if r["io_binding"] else ""))
     click.echo(f"time        {r['seconds']:.3f} s inference ({r['examples_per_second']:,.0f} examples/s, "
                f"batch {r['batch_size']}), {1000 * r['load_seconds']:.1f} ms ticket -> session")
+    click.echo(f"weights     {r['weights_summary']}")
 
 
 @click.command()
@@ -152,11 +169,12 @@ def eval_(ticket: str, dataset: str, split: str, data_dir: str | None, download:
 @click.option("--device", type=_DEVICE, default="auto", show_default=True, help=_DEVICE_HELP)
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True,
               help="Also list the K most likely classes.")
+@weights_option
 @threads_option("onnxruntime")
 @max_memory_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print the predictions as JSON (probabilities as fractions).")
-def predict(ticket: str, inputs: tuple[str, ...], device: str, top_k: int, threads: int | None,
+def predict(ticket: str, inputs: tuple[str, ...], device: str, top_k: int, weights: str, threads: int | None,
             max_memory: int | None, as_json: bool) -> None:
     """Predict classes for INPUTS: .npy arrays (one example or a batch) and image files.
 
@@ -174,7 +192,7 @@ def predict(ticket: str, inputs: tuple[str, ...], device: str, top_k: int, threa
     from .ticket import memory_cap
 
     with _range_warnings_as_lines(), memory_cap(max_memory):
-        r = predict_files(ticket, list(inputs), device=device, top_k=top_k, threads=threads)
+        r = predict_files(ticket, list(inputs), device=device, top_k=top_k, threads=threads, weights=weights)
     _note(r)
     if as_json:
         click.echo(json.dumps(r, indent=2))
