@@ -49,7 +49,10 @@ TASK_FIELDS = ("model", "dataset", "method", "selection", "train_init", "train_c
 COLUMNS = [
     *TASK_FIELDS, "criterion", "init", "keep", "seed", "accuracy", "density", "num_weights",
     "num_params", *REPRESENTATIONS, "bits_per_weight_bitpack", "bits_per_weight_entropy", "train_hash", "run",
+    "retrained", "early_stop_iteration",
 ]
+#: Columns only IMP runs fill; a results.csv of an older report may lack them.
+OPTIONAL_COLUMNS = ("retrained", "early_stop_iteration")
 BUDGETS = [2 << 10, 4 << 10, 8 << 10, 16 << 10, 32 << 10, 64 << 10, 128 << 10, 1 << 20]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
 _STYLES = ["-", "--", "-.", ":"]
@@ -100,7 +103,16 @@ def measure(run_dirs: Sequence[str | os.PathLike], *, artifacts: str | os.PathLi
                                              "accuracy", "density")}
                 row.update(_identity(cfg), train_hash=cfg.train_hash)
                 row.update(num_weights=num_weights, num_params=num_params, run=str(run))
-                if r["criterion"] == "dense":
+                if "retrained" in r:  # an IMP run: retrained rows and their early-stopping iteration
+                    row["retrained"] = bool(r["retrained"])
+                    if r.get("early_stop_iteration") is not None:
+                        row["early_stop_iteration"] = r["early_stop_iteration"]
+                if r.get("retrained") and r["criterion"] != "dense":
+                    # trained weights are not a ticket: nothing to pack or size (docs/lottery.md)
+                    for k in REPRESENTATIONS:
+                        row[k] = None
+                    row["bits_per_weight_bitpack"] = row["bits_per_weight_entropy"] = None
+                elif r["criterion"] == "dense":
                     w = load_npz(run / "weights.npz")
                     row["dense_float32_bytes"] = _write_float32(base / f"{tag}.f32", w)
                     for fmt in ("dense", "sparse"):
@@ -216,7 +228,10 @@ def aggregate(rows: Iterable[dict]) -> list[dict]:
         agg.update(seeds=sorted(r["seed"] for r in rs), accuracy_mean=statistics.fmean(acc),
                    accuracy_min=min(acc), accuracy_max=max(acc), keep_min=min(keeps), keep_max=max(keeps),
                    density=statistics.fmean(dens), density_min=min(dens), density_max=max(dens),
-                   num_weights=rs[0]["num_weights"])
+                   num_weights=rs[0]["num_weights"], retrained=bool(rs[0].get("retrained")))
+        stops = [r["early_stop_iteration"] for r in rs if r.get("early_stop_iteration") is not None]
+        if stops:
+            agg.update(early_stop_mean=statistics.fmean(stops), early_stop_min=min(stops), early_stop_max=max(stops))
         for k in REPRESENTATIONS:
             vals = [r[k] for r in rs if r.get(k) is not None]
             agg[k] = max(vals) if vals else None  # the budget a user must plan for
@@ -693,6 +708,114 @@ def figures(aggs: list[dict]):
             yield f"accuracy_vs_ticket_{model}_{dataset}.png", fig
 
 
+def _lottery_tasks(aggs: Sequence[dict]) -> list[tuple[list[dict], str, str]]:
+    """The tasks of IMP runs: those with retrained rows."""
+    return [t for t in _tasks(aggs) if any(a.get("retrained") and a["criterion"] != "dense" for a in t[0])]
+
+
+def _variants(task: Sequence[dict]) -> list[str]:
+    order = ["original", "reinit", "random-mask", "reshuffle", "signed-constant", "freeze"]
+    have = {a["init"][len("retrained-"):] for a in task if a.get("retrained") and a["criterion"] != "dense"}
+    return [v for v in order if v in have] + sorted(have - set(order))
+
+
+def _stop(a: dict) -> str:
+    if "early_stop_mean" not in a:
+        return "-"
+    if len(a["seeds"]) < 2:
+        return f"{a['early_stop_mean']:,.0f}"
+    return f"{a['early_stop_mean']:,.0f} ({a['early_stop_min']:,}-{a['early_stop_max']:,})"
+
+
+def _lottery_tables(aggs: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per IMP task: accuracy at the early-stopping iteration and that iteration, per round
+    (keep) and variant, beside the round's mask over the untrained weights."""
+    tables = []
+    for task, name, _ in _lottery_tasks(aggs):
+        seeds = sorted({s for a in task for s in a["seeds"]})
+        variants = _variants(task)
+        sm = sorted({a["init"] for a in task if not a.get("retrained") and a["criterion"] != "dense"})
+        keeps = sorted({a["keep"] for a in task if a["criterion"] != "dense"}, reverse=True)
+        by = {(a["init"], a["keep"]): a for a in task}
+        header = (["weights kept %"] + [f"retrained: {v}" for v in variants]
+                  + [f"early-stop iteration: {v}" for v in variants] + [f"untrained supermask: {v}" for v in sm])
+        dense = next((a for a in task if a["criterion"] == "dense"), None)
+        body = []
+        if dense is not None:
+            body.append(["100 (dense)"] + [_acc(dense)] + ["-"] * (len(variants) - 1) + [_stop(dense)]
+                        + ["-"] * (len(variants) - 1) + ["-"] * len(sm))
+        for k in keeps:
+            trained = [by.get((f"retrained-{v}", k)) for v in variants]
+            body.append([f"{100 * k:.3g}"] + [_acc(a) if a else "-" for a in trained]
+                        + [_stop(a) if a else "-" for a in trained]
+                        + [_acc(by[v, k]) if (v, k) in by else "-" for v in sm])
+        spread = "" if len(seeds) < 2 else "mean (min-max) over "
+        criterion = next(a["criterion"] for a in task if a["criterion"] != "dense")
+        tables.append((f"{name}: iterative pruning by {criterion}, test accuracy % at the early-stopping iteration "
+                       f"(minimum validation loss), {spread}{_seeds_text(seeds)}", header, body))
+    return tables
+
+
+def _lottery_plots(aggs: list[dict]) -> dict[str, bytes]:
+    from matplotlib import pyplot as plt
+
+    return {f"lottery_{stem}.png": _png(_lottery_figure(task, name, plt), plt)
+            for task, name, stem in _lottery_tasks(aggs)}
+
+
+def _lottery_figure(task, name, plt):
+    """The papers' figure: test accuracy at early stopping and the early-stopping iteration
+    against the weights remaining, one line per retrained variant (the untrained supermasks of
+    the same masks are in the tables and the accuracy-vs-keep plots)."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5), dpi=100)
+    colours = plt.get_cmap("tab10")
+    ys: list[float] = []
+    series = [(f"retrained-{v}", f"retrained: {v}", "-") for v in _variants(task)]
+    counts = {len(a["seeds"]) for a in task}
+    for i, (init, label, style) in enumerate(series):
+        pts = sorted((a for a in task if a["init"] == init), key=lambda a: -a["keep"])
+        if not pts:
+            continue
+        x = [100 * a["keep"] for a in pts]
+        mean = [100 * a["accuracy_mean"] for a in pts]
+        lo, hi = [100 * a["accuracy_min"] for a in pts], [100 * a["accuracy_max"] for a in pts]
+        c = colours(i % 10)
+        ax.plot(x, mean, color=c, linestyle=style, marker=_MARKERS[i % len(_MARKERS)], markersize=4, label=label)
+        if max(counts) > 1:
+            ax.fill_between(x, lo, hi, color=c, alpha=0.12, linewidth=0)
+        if init.startswith("retrained-"):
+            ys += mean + lo + hi
+            stops = [a.get("early_stop_mean") for a in pts]
+            if all(v is not None for v in stops):
+                ax2.plot(x, stops, color=c, linestyle=style, marker=_MARKERS[i % len(_MARKERS)], markersize=4,
+                         label=label)
+                if max(counts) > 1:
+                    ax2.fill_between(x, [a["early_stop_min"] for a in pts], [a["early_stop_max"] for a in pts],
+                                     color=c, alpha=0.12, linewidth=0)
+    dense = next((a for a in task if a["criterion"] == "dense"), None)
+    ys += _draw_dense(ax, None if dense is None else (dense, False), "--")
+    lo, hi = accuracy_limits(ys)
+    ax.set_ylim(lo, hi)
+    for a_ in (ax, ax2):
+        a_.set_xscale("log")
+        a_.invert_xaxis()  # weights remaining fall from left to right, as pruning proceeds
+        ticks = sorted({100 * a["keep"] for a in task if a["criterion"] != "dense"}, reverse=True)
+        a_.set_xticks(ticks)
+        a_.set_xticks([], minor=True)
+        a_.set_xticklabels([f"{t:.3g}" for t in ticks], fontsize=7, rotation=90)
+        a_.set_xlabel("weights remaining (%, log scale)")
+        a_.grid(True, which="both", alpha=0.3)
+    ax.set_ylabel("test accuracy at early stopping (%)")
+    ax2.set_ylabel("early-stopping iteration (minimum validation loss)")
+    note = "one seed" if max(counts) < 2 else f"mean over {_count_text(counts)}; band: min-max over seeds"
+    ax.set_title(_wrap(f"{name}: iterative pruning ({note})", 70), fontsize=10)
+    ax2.set_title("when each retrained network stopped improving", fontsize=10)
+    ax.legend(fontsize=7, loc="lower left")
+    ax2.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 def _plots(aggs: list[dict]) -> dict[str, bytes]:
     """PNG bytes by file name."""
     from matplotlib import pyplot as plt
@@ -719,7 +842,9 @@ def write_report(rows: list[dict], out: str | os.PathLike, *, command: str | Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     aggs = aggregate(rows)
-    budgets = best_per_budget(aggs)
+    # retrained IMP rows have no ticket: they go to the lottery tables and plots only
+    plain = [a for a in aggs if not (a.get("retrained") and a["criterion"] != "dense")]
+    budgets = best_per_budget(plain)
     written: dict[str, Path] = {}
 
     buf = io.StringIO()
@@ -732,12 +857,12 @@ def write_report(rows: list[dict], out: str | os.PathLike, *, command: str | Non
                                                   indent=1, allow_nan=False) + "\n")
     written["results.csv"], written["results.json"] = out / "results.csv", out / "results.json"
 
-    plots = _plots(aggs)
+    plots = {**_plots(plain), **_lottery_plots(aggs)}
     for name, data in plots.items():
         atomic_write(out / name, data)
         written[name] = out / name
 
-    tables = _tables(aggs, budgets)
+    tables = _tables(plain, budgets) + _lottery_tables(aggs)
     md = ["# Supermask size-vs-accuracy report", ""]
     if command:
         md += [f"Made by `{command}`.", ""]
@@ -767,7 +892,7 @@ def write_report(rows: list[dict], out: str | os.PathLike, *, command: str | Non
     return written
 
 
-_INT_COLUMNS = {"seed", "num_weights", "num_params", *REPRESENTATIONS}
+_INT_COLUMNS = {"seed", "num_weights", "num_params", "early_stop_iteration", *REPRESENTATIONS}
 _FLOAT_COLUMNS = {"keep", "accuracy", "density", "bits_per_weight_bitpack", "bits_per_weight_entropy"}
 _FRACTIONS = {"keep", "accuracy", "density"}
 
@@ -781,7 +906,7 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c not in OPTIONAL_COLUMNS]
             if missing:
                 raise SupermaskError(f"{path} is not a results.csv of `supermask report`: no column "
                                      f"{', '.join(missing[:5])}")
@@ -789,7 +914,13 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
             for r in reader:
                 row = {}
                 for k in COLUMNS:
-                    v = r[k]
+                    v = r.get(k)
+                    if k == "retrained":
+                        if v not in ("", None, "True", "False"):
+                            raise SupermaskError(f"{path}, row {reader.line_num - 1}: retrained is {v!r}; it must "
+                                                 f"be True, False or empty")
+                        row[k] = None if v in ("", None) else v == "True"
+                        continue
                     row[k] = (None if v in ("", None) else int(v) if k in _INT_COLUMNS
                               else float(v) if k in _FLOAT_COLUMNS else v)
                     x = row[k]
@@ -798,7 +929,7 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
                         raise SupermaskError(f"{path}, row {reader.line_num - 1}: {k} is {v!r}; it must be "
                                              + ("a fraction in [0, 1]" if k in _FRACTIONS
                                                 else "a finite number of at least 0"))
-                rows.append(row)
+                rows.append({k: v for k, v in row.items() if k not in OPTIONAL_COLUMNS or v is not None})
     except OSError as e:
         raise SupermaskError(f"cannot read {path}: {e.strerror or e}") from None
     except ValueError as e:

@@ -239,3 +239,26 @@ def test_retrained_weights_export_to_onnx_not_to_a_ticket(imp_run, tmp_path):
         export_retrained(imp_run, tmp_path / "x.onnx", round=4)
     with pytest.raises(RunError, match="no 'reinit' training at round 0"):
         export_retrained(imp_run, tmp_path / "x.onnx", round=0, variant="reinit")
+
+
+def test_report_draws_the_lottery_figure_and_table(imp_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    from supermask.report import read_rows, report, write_report
+
+    written = report([imp_run], tmp_path / "rep", progress=False)
+    assert "lottery_lenet-300-100_digits_imp.png" in written
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "iterative pruning by large_final" in md and "retrained: reinit" in md and "early-stop iteration" in md
+    rows = read_rows(tmp_path / "rep" / "results.csv")
+    trained = [r for r in rows if r.get("retrained") and r["criterion"] != "dense"]
+    untrained = [r for r in rows if r.get("retrained") is False]
+    assert len(trained) == 3 * 6 and len(untrained) == 3 * 2
+    assert all(r["ticket_entropy_bytes"] is None for r in trained)  # trained weights are never a ticket
+    assert all(r["ticket_entropy_bytes"] > 0 and "early_stop_iteration" not in r for r in untrained)
+    assert all(r["early_stop_iteration"] % 30 == 0 for r in trained)
+    # the best-ticket table holds only tickets of untrained masks
+    budget = md.split("## Best ticket per size budget")[1].split("##")[0]
+    assert "retrained" not in budget
+    write_report(rows, tmp_path / "again")  # drawn again from its CSV: the same rows and tables
+    assert (tmp_path / "again" / "results.csv").read_text() == (tmp_path / "rep" / "results.csv").read_text()
+    assert "lottery_lenet-300-100_digits_imp.png" in {p.name for p in (tmp_path / "again").iterdir()}

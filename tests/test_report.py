@@ -401,7 +401,7 @@ def test_a_report_is_drawn_again_from_its_csv(tmp_path):
                          bits_per_weight_entropy=3.04, train_hash=f"h{seed}", run=f"runs/s{seed}"))
     write_report(rows, tmp_path / "a")
     again = read_rows(tmp_path / "a" / "results.csv")
-    assert again == [{k: r[k] for k in again[0]} for r in rows]
+    assert again == [{k: r.get(k) for k in again[0]} for r in rows]
     r = CliRunner().invoke(main, ["report", "--from-csv", str(tmp_path / "a" / "results.csv"), "-o",
                                   str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
