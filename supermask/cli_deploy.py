@@ -80,9 +80,16 @@ def _range_warnings_as_lines():
 
 
 @click.command()
-@click.argument("ticket", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("ticket", required=False, type=click.Path(dir_okay=False, path_type=str))
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="The ONNX file to write (required).")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=str), default=None,
+              help="Instead of TICKET: a `find --method imp` run, to write the retrained network of --round "
+                   "(trained weights: an ONNX file, never a ticket). Needs torch.")
+@click.option("--round", "imp_round", type=click.IntRange(0), default=None,
+              help="With --run: the round (0: the dense network).")
+@click.option("--variant", default="original", show_default=True,
+              help="With --run: which training of the round (original, or a control the run trained).")
 @click.option("--output", "output", type=click.Path(dir_okay=False, path_type=str), default=None, hidden=True,
               help="Old name of -o/--out.")
 @click.option("--format", "fmt", type=click.Choice(["dense", "sparse", "lowbit"]), default="dense", show_default=True,
@@ -92,14 +99,37 @@ def _range_warnings_as_lines():
                    "the rest dense.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @max_memory_option
-def export(ticket: str, out: str | None, output: str | None, fmt: str, as_json: bool,
-           max_memory: int | None) -> None:
-    """Write a self-contained ONNX model of TICKET (input: raw pixels, output: logits) to -o/--out."""
+def export(ticket: str | None, out: str | None, output: str | None, run_dir: str | None, imp_round: int | None,
+           variant: str, fmt: str, as_json: bool, max_memory: int | None) -> None:
+    """Write a self-contained ONNX model of TICKET (input: raw pixels, output: logits) to -o/--out.
+
+    With --run DIR --round N instead of TICKET: the retrained network of one round of an IMP run.
+    """
     if out is None and output is None:
         raise click.MissingParameter(param_hint="'-o' / '--out'", param_type="option")
     if out is not None and output is not None and out != output:
         raise click.UsageError(f"the output file is given twice (-o {out} and --output {output}); give -o/--out once")
     output = out if out is not None else output
+    if (ticket is None) == (run_dir is None):
+        raise click.UsageError("give a TICKET, or --run DIR --round N for the retrained network of an IMP run")
+    if run_dir is not None:
+        if imp_round is None:
+            raise click.UsageError("--run needs --round N: which round's retrained network to write")
+        if fmt == "lowbit":
+            raise click.UsageError("--format lowbit is for tickets; retrained weights are not ternary")
+        from .train.pack import export_retrained
+
+        r = export_retrained(run_dir, output, round=imp_round, variant=variant, fmt=fmt)
+        if as_json:
+            click.echo(json.dumps(r, indent=2))
+        else:
+            acc = "" if r["accuracy"] is None else f", test accuracy {100 * r['accuracy']:.2f} % in the run"
+            click.echo(f"wrote {output}: {r['file_bytes']:,} bytes ({fmt}), the retrained network of round "
+                       f"{imp_round} ({variant}){acc}; trained weights, not a ticket")
+        return
+    if imp_round is not None:
+        raise click.UsageError("--round goes with --run (an IMP run); for a ticket of a round's mask use "
+                               "`supermask pack --run DIR --round N`")
     try:
         from .export import export_ticket
     except ImportError as e:

@@ -262,3 +262,16 @@ def test_report_draws_the_lottery_figure_and_table(imp_run, tmp_path):
     write_report(rows, tmp_path / "again")  # drawn again from its CSV: the same rows and tables
     assert (tmp_path / "again" / "results.csv").read_text() == (tmp_path / "rep" / "results.csv").read_text()
     assert "lottery_lenet-300-100_digits_imp.png" in {p.name for p in (tmp_path / "again").iterdir()}
+
+
+def test_export_command_writes_a_round_and_refuses_mixups(imp_run, tmp_path):
+    r = cli("export", "--run", imp_run, "--round", 1, "--variant", "freeze", "-o", tmp_path / "f.onnx")
+    assert r.exit_code == 0 and "round 1 (freeze)" in r.output and "not a ticket" in r.output, r.output
+    assert (tmp_path / "f.onnx").stat().st_size > 0
+    for args, message in ((["--run", imp_run], "--run needs --round"),
+                          ([str(tmp_path / "f.onnx"), "--round", 1], "--round goes with --run"),
+                          (["--run", imp_run, "--round", 1, "--format", "lowbit"], "lowbit is for tickets"),
+                          (["--run", imp_run, "--round", 1, "--variant", "nope"], "no 'nope' training")):
+        r = cli("export", *args, "-o", tmp_path / "x.onnx")
+        assert r.exit_code in (1, 2) and message in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "x.onnx").exists()
