@@ -215,13 +215,15 @@ class Plan:
     note: str | None = None
 
 
-def plan(graph, weights: Mapping[str, np.ndarray], mode: str, min_weights: int = AUTO_MIN_WEIGHTS,
+def plan(graph, weights: Mapping[str, np.ndarray], mode: str, min_weights: int | None = None,
          only=None) -> Plan:
     """The linear layers of ``graph`` to hold in 4 bits for ``mode`` (``auto`` or ``lowbit``).
     ``only``: when given, the weight names that may be ternary (the others are not examined).
 
     Raises :class:`LowBitError` for ``lowbit`` when no linear layer is ternary.
     """
+    if min_weights is None:
+        min_weights = AUTO_MIN_WEIGHTS
     layers = linear_layers(graph, weights)
     scales = {}
     for layer in layers:
@@ -251,10 +253,29 @@ def plan(graph, weights: Mapping[str, np.ndarray], mode: str, min_weights: int =
     return Plan(chosen, scales, len(ternary), len(layers), note)
 
 
-def rewrite(model, weights: Mapping[str, np.ndarray], p: Plan) -> dict[str, LowBitLayer]:
+def _external(name: str, arr: np.ndarray):
+    from onnx import TensorProto, helper
+
+    t = TensorProto()
+    t.name = name
+    t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
+    t.dims.extend(arr.shape)
+    t.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "supermask-memory"), ("offset", "0"), ("length", str(arr.nbytes))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+    return t
+
+
+def rewrite(model, weights: Mapping[str, np.ndarray], p: Plan, arrays: dict | None = None) -> dict[str, LowBitLayer]:
     """Replace the layers of plan ``p`` in ``model`` (a ModelProto, changed in place) by
-    ``MatMulNBits`` nodes whose codes and scales are ordinary (embedded) initializers; the
-    weight initializers they replace are removed. Returns the rewritten layers by weight name."""
+    ``MatMulNBits`` nodes; the weight initializers they replace are removed. Returns the
+    rewritten layers by weight name.
+
+    The codes and scales become embedded initializers, or, when ``arrays`` (a dict) is
+    given, external ones whose arrays are put in ``arrays`` by name for
+    ``add_external_initializers``: onnxruntime then keeps only its own prepacked copy
+    beside them instead of also a copy of the graph's tensor."""
     from onnx import helper, numpy_helper
 
     g = model.graph
@@ -268,7 +289,12 @@ def rewrite(model, weights: Mapping[str, np.ndarray], p: Plan) -> dict[str, LowB
         packed[layer.weight] = LowBitLayer(pk.k, pk.n, pk.block_size, pk.nbytes)
         node = g.node[layer.node]
         codes_name, scales_name = f"{layer.weight}.q4", f"{layer.weight}.q4_scales"
-        new_inits += [numpy_helper.from_array(pk.codes, codes_name), numpy_helper.from_array(pk.scales, scales_name)]
+        if arrays is None:
+            new_inits += [numpy_helper.from_array(pk.codes, codes_name),
+                          numpy_helper.from_array(pk.scales, scales_name)]
+        else:
+            new_inits += [_external(codes_name, pk.codes), _external(scales_name, pk.scales)]
+            arrays[codes_name], arrays[scales_name] = pk.codes, pk.scales
         ins = [node.input[0], codes_name, scales_name]
         if layer.bias:
             ins += ["", "", layer.bias]

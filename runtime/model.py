@@ -312,7 +312,7 @@ def make_session(arch, weights: dict[str, np.ndarray], device: str = "auto", thr
 
 def graph_session(graph: bytes, weights: dict[str, np.ndarray], device: str = "auto", threads: int | None = None):
     """An onnxruntime session for the serialized ONNX ``graph`` whose external initializers are
-    exactly ``weights`` (name -> float32 array): (session, note, buffers).
+    exactly ``weights`` (name -> float32 array, or uint8 for 4-bit codes): (session, note, buffers).
 
     The arrays go to onnxruntime in memory (``add_external_initializers``): nothing is
     serialised or read from a file. The session reads the returned ``buffers`` in place: keep
@@ -328,7 +328,9 @@ def graph_session(graph: bytes, weights: dict[str, np.ndarray], device: str = "a
                                       f"(add_external_initializers); install onnxruntime 1.17 or newer")
     names = list(weights)
     # (np.asarray keeps 0-d arrays 0-d; np.ascontiguousarray would make them 1-d)
-    keep = [ort.OrtValue.ortvalue_from_numpy(np.asarray(weights[n], dtype=np.float32, order="C")) for n in names]
+    keep = [ort.OrtValue.ortvalue_from_numpy(np.asarray(weights[n], order="C",
+                                                        dtype=np.uint8 if _is_codes(weights[n]) else np.float32))
+            for n in names]
     so.add_external_initializers(names, keep)
     try:
         with warnings.catch_warnings():
@@ -387,9 +389,15 @@ def _lowbit_graph(ticket: Ticket, weights: dict, mode: str, device: str):
         why = lowbit.unsupported(ort, provider)
         if why:
             return None, weights, {}, f"float32 weights: {why}", p.linear
-    packed = lowbit.rewrite(model, weights, p)
+    arrays: dict = {}
+    packed = lowbit.rewrite(model, weights, p, arrays)
     rest = {k: v for k, v in weights.items() if k not in packed}
+    rest.update(arrays)
     return model.SerializeToString(), rest, packed, p.note, p.linear
+
+
+def _is_codes(a) -> bool:
+    return getattr(a, "dtype", None) == np.uint8
 
 
 def load(source: Ticket | str | os.PathLike, device: str = "auto", *, threads: int | None = None,
