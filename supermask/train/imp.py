@@ -47,7 +47,7 @@ from . import criteria as crit
 from .config import INIT_VARIANTS, FindConfig
 from .loop import seed_of, seeded_torch
 from .masks import extra_key, kept_count, mask_key, masked_state, variant_init
-from .resume import Checkpoint, Resumed, restore, run_steps, say_resumed, set_torch_rng
+from .resume import Checkpoint, Resumed, restore, run_steps, say_resumed, set_torch_rng, supervised_step
 from .runs import _json, _read_json, load_npz, save_npz
 
 log = logging.getLogger(__name__)
@@ -199,13 +199,7 @@ def train_stage(subject, start: Mapping[str, np.ndarray], masks: Mapping[str, np
             best.update(iteration=done, val_loss=vl, correct=correct, state=state_now())
 
     def step(it, xb, yb):
-        out = net(xb)
-        loss = F.cross_entropy(out, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        constrain()
-        meter.step(it, loss, out, yb)
+        supervised_step(net, opt, meter, it, xb, yb, after=constrain)
         done = it + 1
         if rewind_at is not None and done == rewind_at:
             rewind["state"] = state_now()

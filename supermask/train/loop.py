@@ -17,7 +17,7 @@ import numpy as np
 from .. import rng
 from ..prediction import predict_classes
 from .meter import TrainMeter
-from .resume import Checkpoint, Resumed, restore, run_steps, say_resumed, set_torch_rng
+from .resume import Checkpoint, Resumed, restore, run_steps, say_resumed, set_torch_rng, supervised_step
 from .subject import Subject, forward, load_state, state_to_torch
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,6 @@ def train_dense(subject: Subject, state: Mapping[str, np.ndarray], x, y, *, seed
     and read back on start when its ``fingerprint`` matches (:mod:`supermask.train.resume`).
     """
     import torch
-    from torch.nn import functional as F
 
     net = subject.module.to(device)
     load_state(net, state)
@@ -91,12 +90,7 @@ def train_dense(subject: Subject, state: Mapping[str, np.ndarray], x, y, *, seed
         say_resumed("train", resumed.start, total, ck.path)
 
     def step(it, xb, yb):
-        out = net(xb)
-        loss = F.cross_entropy(out, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        meter.step(it, loss, out, yb)
+        supervised_step(net, opt, meter, it, xb, yb)
 
     net.train()
     t0 = time.perf_counter()

@@ -193,6 +193,21 @@ def run_steps(*, x, y, batch_size: int, total: int, start: int, device: str, shu
     return seconds + time.perf_counter() - t0
 
 
+def supervised_step(net, opt, meter, it: int, xb, yb, after: Callable[[], None] | None = None) -> None:
+    """One step of plain supervised training: cross-entropy, backward, optimizer step, then
+    ``after`` (a constraint on the weights, such as a mask), then the meter."""
+    from torch.nn import functional as F
+
+    out = net(xb)
+    loss = F.cross_entropy(out, yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if after is not None:
+        after()
+    meter.step(it, loss, out, yb)
+
+
 def say_resumed(label: str, start: int, total: int, path: Path) -> None:
     """Tell the user where a stage resumes (stderr: the result tables go to stdout)."""
     if start:
