@@ -365,6 +365,11 @@ def _lowbit_graph(ticket: Ticket, weights: dict, mode: str, device: str):
                 f"{ticket.init.scheme}, not signed_kaiming_constant or signed_glorot_constant. "
                 f"Use --weights float (or auto)")
         return None, weights, {}, f"float32 weights: the ticket's init {ticket.init.scheme} is not signed-constant", 0
+    if mode == "auto" and not any(t.size >= lowbit.AUTO_MIN_WEIGHTS for t in ticket.tensors if t.name in signed):
+        # decided without parsing the graph (and importing onnx)
+        return None, weights, {}, (f"float32 weights: every signed-constant tensor of the ticket is under "
+                                   f"{lowbit.AUTO_MIN_WEIGHTS:,} weights, where float32 is faster on the CPU "
+                                   f"(weights='lowbit' holds its ternary linear layers in 4 bits anyway)"), 0
     try:
         import onnx
     except ImportError:
