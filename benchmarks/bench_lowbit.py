@@ -266,6 +266,7 @@ def main() -> None:
     ap.add_argument("--keep", type=float, default=0.5, help="mask density (default 0.5)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime intra-op threads")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: models,layers,convs")
+    ap.add_argument("--models", default="", help="comma-separated model names to measure (default: all)")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     import onnxruntime as ort
@@ -275,6 +276,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         archs = [models.build(m, SHAPES[m], [f"c{i}" for i in range(10)]) for m in SHAPES] + [wide_mlp()]
+        if args.models:
+            archs = [a for a in archs if a.name in args.models.split(",")]
         if "models" not in skip:
             res["models"] = [model_rows(make(folder, a, args.keep), args.threads, args.quick) for a in archs]
     if "layers" not in skip:

@@ -25,6 +25,8 @@ from ..ticket import Ticket, check_memory, read_ticket
 from .graph import INPUT_NAME, IR_VERSION, MAX_PROTO_BYTES, OPSET, OUTPUT_NAME, STORAGE, build_model
 
 FORMATS = ("dense", "sparse", "lowbit")
+#: Initializers the lowbit rewrite adds (codes, scales, split points), not parameter tensors.
+_LOWBIT_SUFFIXES = tuple(".q4" + s for s in ("", "_scales", "_tail", "_tail_scales", "_split", "_end", "_zero", "_axis"))
 
 __all__ = ["export_ticket", "ticket_model", "fill_graph", "ExportResult", "build_model", "FORMATS", "STORAGE",
            "IR_VERSION", "OPSET", "INPUT_NAME", "OUTPUT_NAME"]
@@ -192,7 +194,7 @@ def export_ticket(ticket: Ticket | str | os.PathLike, out: str | os.PathLike, fm
         # parameter tensors (weights and biases) by storage; preprocessing constants left out
         sparse_tensors=tuple(s.values.name for s in model.graph.sparse_initializer),
         dense_tensors=tuple(i.name for i in model.graph.initializer
-                            if not i.name.startswith("preprocess_") and not i.name.endswith((".q4", ".q4_scales"))),
+                            if not i.name.startswith("preprocess_") and not i.name.endswith(_LOWBIT_SUFFIXES)),
         ir_version=model.ir_version,
         opset=next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET),
         lowbit_tensors=lowbit_tensors,

@@ -71,13 +71,33 @@ def ternary_scale(w: np.ndarray) -> np.float32 | None:
     return c if np.isfinite(c) else None
 
 
+def _row_bytes(k: int, b: int) -> int:
+    return -(-k // b) * (b // 2 + 4)
+
+
 def block_size_for(k: int) -> int:
     """The block size that stores ``k`` inputs per output in the fewest bytes (4-bit codes
     padded to whole blocks, plus one float32 scale per block); ties go to the larger block."""
-    def cost(b: int) -> int:
-        blocks = -(-k // b)
-        return blocks * (b // 2 + 4)
-    return min(sorted(BLOCK_SIZES, reverse=True), key=cost)
+    return min(sorted(BLOCK_SIZES, reverse=True), key=lambda b: _row_bytes(k, b))
+
+
+#: A layer is split in two when that stores it in at most this fraction of the bytes.
+SPLIT_GAIN = 0.95
+
+
+def split_for(k: int) -> int:
+    """Where to split ``k`` inputs into a part of whole blocks and a tail, each its own
+    MatMulNBits node, when that saves padding (784 = 768 + 16: 4.16 instead of 4.78 bits
+    per weight); 0 for no split."""
+    whole = _row_bytes(k, block_size_for(k))
+    best, at = whole, 0
+    for b in sorted(BLOCK_SIZES, reverse=True):
+        k1 = (k // b) * b
+        if 0 < k1 < k:
+            cost = (k1 // b) * (b // 2 + 4) + _row_bytes(k - k1, block_size_for(k - k1))
+            if cost < best:
+                best, at = cost, k1
+    return at if best <= SPLIT_GAIN * whole else 0
 
 
 @dataclass(frozen=True)
@@ -107,6 +127,7 @@ class LowBitLayer:
     n: int
     block_size: int
     nbytes: int  # codes and scales
+    split: int = 0  # inputs [0, split) and [split, k) in two nodes; 0: one node
 
     @property
     def bits_per_weight(self) -> float:
@@ -282,27 +303,56 @@ def rewrite(model, weights: Mapping[str, np.ndarray], p: Plan, arrays: dict | No
     packed: dict[str, LowBitLayer] = {}
     replaced = set()
     new_inits = []
+    nodes: dict[int, list] = {}
+
+    def codes(prefix: str, pk: Packed) -> tuple[str, str]:
+        names = (prefix, prefix + "_scales")
+        if arrays is None:
+            new_inits.extend(numpy_helper.from_array(a, n) for a, n in zip((pk.codes, pk.scales), names))
+        else:
+            new_inits.extend(_external(n, a) for a, n in zip((pk.codes, pk.scales), names))
+            arrays.update(zip(names, (pk.codes, pk.scales)))
+        return names
+
+    def matmul(x: str, prefix: str, pk: Packed, bias: str | None, out: str, name: str):
+        q, sc = codes(prefix, pk)
+        return helper.make_node(OP, [x, q, sc] + (["", "", bias] if bias else []), [out], name=name,
+                                domain=DOMAIN, K=pk.k, N=pk.n, bits=BITS, block_size=pk.block_size,
+                                accuracy_level=ACCURACY_LEVEL)
+
     for layer in p.layers:
         w = np.asarray(weights[layer.weight], dtype=np.float32)
         w_nk = w if layer.transposed else w.T
-        pk = pack(w_nk, p.scales[layer.weight])
-        packed[layer.weight] = LowBitLayer(pk.k, pk.n, pk.block_size, pk.nbytes)
+        c = p.scales[layer.weight]
         node = g.node[layer.node]
-        codes_name, scales_name = f"{layer.weight}.q4", f"{layer.weight}.q4_scales"
-        if arrays is None:
-            new_inits += [numpy_helper.from_array(pk.codes, codes_name),
-                          numpy_helper.from_array(pk.scales, scales_name)]
+        x, y, base, prefix = node.input[0], node.output[0], node.name or layer.weight, f"{layer.weight}.q4"
+        at = split_for(layer.k)
+        if not at:
+            pk = pack(w_nk, c)
+            nodes[layer.node] = [matmul(x, prefix, pk, layer.bias, y, base + "_q4")]
+            packed[layer.weight] = LowBitLayer(pk.k, pk.n, pk.block_size, pk.nbytes)
         else:
-            new_inits += [_external(codes_name, pk.codes), _external(scales_name, pk.scales)]
-            arrays[codes_name], arrays[scales_name] = pk.codes, pk.scales
-        ins = [node.input[0], codes_name, scales_name]
-        if layer.bias:
-            ins += ["", "", layer.bias]
-        new = helper.make_node(OP, ins, list(node.output), name=(node.name or layer.weight) + "_q4", domain=DOMAIN,
-                               K=layer.k, N=layer.n, bits=BITS, block_size=pk.block_size,
-                               accuracy_level=ACCURACY_LEVEL)
-        g.node[layer.node].CopyFrom(new)
+            head, tail = pack(w_nk[:, :at], c), pack(w_nk[:, at:], c)
+            consts = {f"{prefix}_split": [at], f"{prefix}_end": [layer.k], f"{prefix}_zero": [0],
+                      f"{prefix}_axis": [-1]}
+            new_inits.extend(numpy_helper.from_array(np.array(v, np.int64), n) for n, v in consts.items())
+            nodes[layer.node] = [
+                helper.make_node("Slice", [x, f"{prefix}_zero", f"{prefix}_split", f"{prefix}_axis"],
+                                 [f"{prefix}_x0"], name=base + "_q4_slice0"),
+                helper.make_node("Slice", [x, f"{prefix}_split", f"{prefix}_end", f"{prefix}_axis"],
+                                 [f"{prefix}_x1"], name=base + "_q4_slice1"),
+                matmul(f"{prefix}_x0", prefix, head, layer.bias, f"{prefix}_y0", base + "_q4"),
+                matmul(f"{prefix}_x1", prefix + "_tail", tail, None, f"{prefix}_y1", base + "_q4_tail"),
+                helper.make_node("Add", [f"{prefix}_y0", f"{prefix}_y1"], [y], name=base + "_q4_add"),
+            ]
+            packed[layer.weight] = LowBitLayer(layer.k, layer.n, head.block_size, head.nbytes + tail.nbytes, at)
         replaced.add(layer.weight)
+    if nodes:
+        rebuilt = []
+        for i, node in enumerate(g.node):
+            rebuilt.extend(nodes.get(i, [node]))
+        del g.node[:]
+        g.node.extend(rebuilt)
     keep = [t for t in g.initializer if t.name not in replaced]
     del g.initializer[:]
     g.initializer.extend(keep + new_inits)

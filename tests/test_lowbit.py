@@ -77,6 +77,22 @@ def test_block_size_stores_fewest_bytes_and_meets_4_5_bits_when_k_allows():
     for k in (256, 2304, 3072, 4096, 6272):
         w = np.ones((3, k), np.float32)
         assert lowbit.pack(w, np.float32(1)).bits_per_weight <= 4.25
+    # widths that leave padding are split into whole blocks and a tail where that saves bytes
+    assert (lowbit.split_for(784), lowbit.split_for(300), lowbit.split_for(100), lowbit.split_for(4096)) == \
+        (768, 256, 0, 0)
+
+
+def test_lenet_layers_split_to_at_most_4_5_bits_and_stay_exact(signed_tickets):
+    q = smr.load(signed_tickets["lenet-300-100"], device="cpu", weights="lowbit")
+    fc1, fc2, fc3 = (q.lowbit[f"fc{i}.weight"] for i in (1, 2, 3))
+    assert (fc1.split, fc2.split, fc3.split) == (768, 256, 0)
+    assert fc1.bits_per_weight < 4.2 and fc2.bits_per_weight < 4.5 and fc3.bits_per_weight < 5.5
+    held, _ = q._buffers
+    assert held["fc1.weight.q4"].shape == (300, 3, 128) and held["fc1.weight.q4_tail"].shape == (300, 1, 8)
+    x = np.random.default_rng(4).integers(0, 256, (300, 1, 28, 28)).astype(np.uint8)
+    f = smr.load(signed_tickets["lenet-300-100"], device="cpu", weights="float")
+    assert_logits_close(f.logits(x), q.logits(x))
+    np.testing.assert_array_equal(f.predict(x), q.predict(x))
 
 
 def test_matmulnbits_dequantizes_to_the_float_weights_exactly():
@@ -303,7 +319,9 @@ def test_export_lowbit_runs_in_onnxruntime_like_dense(trained, signed_tickets, t
         assert set(info["lowbit_tensors"]) == {"fc1.weight", "fc2.weight", "fc3.weight"}
         assert info["file_bytes"] < outs["dense"][0]["file_bytes"] / 3
         m = onnx.load(info["path"])
-        assert sum(n.op_type == "MatMulNBits" and n.domain == "com.microsoft" for n in m.graph.node) == 3
+        # one node a layer, two for a layer split into whole blocks and a tail (digits' fc2: 300 = 256 + 44)
+        want = 3 if ticket == signed_tickets["conv2"] else 4
+        assert sum(n.op_type == "MatMulNBits" and n.domain == "com.microsoft" for n in m.graph.node) == want
         props = {p.key: p.value for p in m.metadata_props}
         assert props["supermask.weights"] == "lowbit" and json.loads(props["supermask.classes"])
         np.testing.assert_array_equal(outs["dense"][1].argmax(1), outs["lowbit"][1].argmax(1))
