@@ -8,9 +8,10 @@ the block scale ``c`` dequantize to ``-1*c``, ``0*c`` and ``1*c``, the very floa
 of the float path. With ``accuracy_level=1`` (float32 compute) the products and sums are
 float32 too, so only the order of the additions differs from the float ``Gemm``.
 
-:func:`lowbit_model` rewrites a graph: each ``Gemm`` (``alpha = beta = 1``, ``transA = 0``)
+:func:`rewrite` changes a graph: each ``Gemm`` (``alpha = beta = 1``, ``transA = 0``)
 or ``MatMul`` whose weight is a ternary initializer used by no other node becomes one
-``MatMulNBits`` node with the bias as its ``bias`` input. Convolutions and every other
+``MatMulNBits`` node with the bias as its ``bias`` input, or two whose outputs are added
+when splitting the inputs into whole blocks and a tail saves padding (:func:`split_for`). Convolutions and every other
 tensor stay float32 (see docs/performance.md for the measurements behind this).
 
 Which layers are rewritten (:func:`plan`):
@@ -20,12 +21,12 @@ Which layers are rewritten (:func:`plan`):
 ``auto``
     ternary linear layers of at least :data:`AUTO_MIN_WEIGHTS` weights, the size from which
     the 4-bit kernel was measured to be no slower than float32 on the CPU at batch 1
-    (``benchmarks/bench_lowbit.py --layers``); float32 when there is none, with a note.
+    (the single-layer table of ``benchmarks/bench_lowbit.py``); float32 when there is none,
+    with a note.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -37,7 +38,7 @@ from ..errors import RuntimeUnavailableError, SupermaskError
 WEIGHTS = ("auto", "float", "lowbit")
 #: ``weights="auto"`` uses 4 bits for a ternary linear layer of at least this many weights.
 #: Smaller layers fit in the CPU caches, where onnxruntime's float32 kernel is faster than
-#: unpacking 4-bit codes (benchmarks/bench_lowbit.py --layers; docs/performance.md).
+#: unpacking 4-bit codes (benchmarks/bench_lowbit.py; docs/performance.md).
 AUTO_MIN_WEIGHTS = 1 << 22
 #: The custom operator and its domain.
 DOMAIN = "com.microsoft"
@@ -477,7 +478,3 @@ def describe(packed: Mapping[str, LowBitLayer], linear: int) -> str:
     return (f"4-bit ternary (MatMulNBits) for {len(packed)} of {linear} linear layers "
             f"({8 * b / n:.2f} bits per weight), float32 elsewhere")
 
-
-def total_bits(packed: Mapping[str, LowBitLayer]) -> float:
-    n = sum(p.k * p.n for p in packed.values())
-    return 8 * sum(p.nbytes for p in packed.values()) / n if n else math.nan
