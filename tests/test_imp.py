@@ -60,6 +60,9 @@ def test_schedule_from_any_two_of_rounds_rate_and_keep():
     # the pruning criterion changes what is trained: it is part of the training identity
     other = C.FindConfig("lenet-300-100", "digits", method="imp", rounds=3, prune_rate=0.5, criteria=("movement",))
     assert other.train_hash != c.train_hash
+    # a config rebuilt from its dict (as a run folder stores it) is the same config
+    for cfg in (c, C.FindConfig("lenet-300-100", "digits"), C.FindConfig(**IMP)):
+        assert C.FindConfig(**cfg.to_dict()) == cfg == C.FindConfig.from_dict(cfg.to_dict())
     # criteria runs keep their pinned identity
     assert C.FindConfig("lenet-300-100", "fashion-mnist").train_hash == C.FindConfig(
         "lenet-300-100", "fashion-mnist", controls=()).train_hash

@@ -105,7 +105,7 @@ def test_cli_reports_misused_options_without_traceback(tmp_path):
     assert r.exit_code == 2 and "learns how much to keep" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "r").exists()
     r = CliRunner().invoke(main, ["find", "--help"])
-    assert "--method [criteria|edge-popup|bernoulli]" in r.output and "--no-rescale" in r.output
+    assert "--method [criteria|edge-popup|bernoulli|imp]" in r.output and "--no-rescale" in r.output
 
 
 # ------------------------------------------------------------------------------- mask rules

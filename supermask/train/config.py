@@ -220,6 +220,7 @@ class FindConfig:
         if self.method == "imp":
             self._check_imp()
         else:
+            object.__setattr__(self, "controls", tuple(self.controls or ()))
             for name in _IMP_FIELDS:
                 if getattr(self, name) not in (None, ()):
                     raise ValueError(f"{name.replace('_', '-')} applies to --method imp only, not {self.method}")
