@@ -45,6 +45,23 @@ from supermask.runtime import lowbit  # noqa: E402
 FORMS = ("float", "lowbit", "auto")
 
 
+def _no_spinning() -> None:
+    """Sessions whose idle intra-op threads do not spin. The forms of a model are three
+    sessions run in turn; with spinning (onnxruntime's default) the threads of the session
+    that just ran keep a core busy while the next one runs, which made identical graphs
+    measure up to 2x apart with 2 threads. Applies to every form alike."""
+    from supermask.runtime import model as runtime_model
+
+    make = runtime_model._session_options
+
+    def options(ort, threads):
+        so = make(ort, threads)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return so
+
+    runtime_model._session_options = options
+
+
 def make(folder: Path, arch, keep: float, seed: int = 0) -> Path:
     g = np.random.default_rng(seed)
     masks = {p.name: g.random(p.shape) < keep for p in arch.params() if p.kind == "weight"}
@@ -168,11 +185,13 @@ def _layer_session(k: int, n: int, form: str, threads: int):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 LAYERS = [(100, 10), (300, 100), (784, 300), (1024, 1024), (2304, 256), (6272, 256), (12544, 256),
-          (2048, 2048), (3072, 4096), (4096, 3072), (4096, 4096)]
+          (16384, 256), (8192, 512), (4096, 1024), (2048, 2048), (1024, 4096), (3072, 4096), (4096, 3072),
+          (4096, 4096)]
 
 
 def layer_rows(threads: int, quick: bool) -> list[dict]:
@@ -202,6 +221,7 @@ def _conv_sessions(c: int, o: int, hw: int, threads: int):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     conv = helper.make_graph([helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[3, 3],
                                                pads=[1, 1, 1, 1])], "conv", [x], [y],
                              initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
@@ -269,6 +289,7 @@ def main() -> None:
     ap.add_argument("--models", default="", help="comma-separated model names to measure (default: all)")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    _no_spinning()
     import onnxruntime as ort
 
     res: dict = {"machine": machine(), "onnxruntime": ort.__version__, "keep": args.keep, "threads": args.threads,

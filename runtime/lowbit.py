@@ -39,7 +39,7 @@ WEIGHTS = ("auto", "float", "lowbit")
 #: ``weights="auto"`` uses 4 bits for a ternary linear layer of at least this many weights.
 #: Smaller layers fit in the CPU caches, where onnxruntime's float32 kernel is faster than
 #: unpacking 4-bit codes (benchmarks/bench_lowbit.py; docs/performance.md).
-AUTO_MIN_WEIGHTS = 1 << 22
+AUTO_MIN_WEIGHTS = 1 << 23
 #: The custom operator and its domain.
 DOMAIN = "com.microsoft"
 OP = "MatMulNBits"

@@ -198,7 +198,7 @@ def test_auto_falls_back_to_float_quietly_and_says_so_once(tmp_path, caplog, cap
 
 def test_auto_uses_4_bits_only_from_the_size_where_it_pays(signed_tickets, monkeypatch):
     m = smr.load(signed_tickets["lenet-300-100"], device="cpu")
-    assert m.weights == "float" and "under 4,194,304 weights, where float32 is faster" in m.weights_note
+    assert m.weights == "float" and "under 8,388,608 weights, where float32 is faster" in m.weights_note
     monkeypatch.setattr(lowbit, "AUTO_MIN_WEIGHTS", 30_000)  # fc1 (235,200) and fc2 (30,000)
     m = smr.load(signed_tickets["lenet-300-100"], device="cpu")
     assert m.weights == "lowbit" and set(m.lowbit) == {"fc1.weight", "fc2.weight"}
@@ -291,7 +291,7 @@ def test_predict_weights_option(trained, tmp_path):
         out[w] = json.loads(r.stdout)
     assert [p["class"] for p in out["float"]["predictions"]] == [p["class"] for p in out["lowbit"]["predictions"]]
     assert out["lowbit"]["weights"] == "lowbit" and out["auto"]["weights"] == "float"
-    assert "under 4,194,304 weights" in out["auto"]["weights_note"]
+    assert "under 8,388,608 weights" in out["auto"]["weights_note"]
 
 
 # ------------------------------------------------------------------------------- export
