@@ -25,7 +25,8 @@ _DEVICE_HELP = ("auto: CUDA when onnxruntime can use it, else the CPU (with a no
 _JSON_HELP = "Print the result as JSON (accuracies as fractions, not percentages)."
 _WEIGHTS_HELP = ("How the weights are held. lowbit: the ternary linear layers of a signed-constant ticket as exact "
                  "4-bit MatMulNBits (about 8x less memory; an error for other tickets); float: float32; auto: "
-                 "4 bits only where that is also faster, else float32 (the reason is in the JSON's weights_note).")
+                 "4 bits only for ternary layers of 8M+ weights, where that costs little or no time, else float32 "
+                 "(the reason is in the JSON's weights_note).")
 
 
 def weights_option(f):
