@@ -31,7 +31,6 @@ arrays are in the ``.npz`` beside it), with the epoch and Ctrl-C checkpoints of
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -43,14 +42,14 @@ import numpy as np
 from .. import rng
 from ..atomic import atomic_write
 from ..errors import RunError
+from ..prediction import predict_classes
 from . import criteria as crit
 from .config import INIT_VARIANTS, FindConfig
 from .loop import seed_of, seeded_torch
-from .masks import extra_key, kept_count, mask_key, masked_state, variant_init
-from .resume import Checkpoint, Resumed, restore, run_steps, say_resumed, set_torch_rng, supervised_step
+from .masks import apply_mask, extra_key, kept_count, mask_key, masked_state, variant_init
+from .resume import Checkpoint, restore, resume, run_steps, say_resumed, set_torch_rng, supervised_step
 from .runs import _json, _read_json, load_npz, save_npz
 
-log = logging.getLogger(__name__)
 
 #: Held-out training examples for early stopping when ``val_examples`` is not given.
 DEFAULT_VAL_EXAMPLES = 5000
@@ -158,29 +157,29 @@ def train_stage(subject, start: Mapping[str, np.ndarray], masks: Mapping[str, np
     best = {"iteration": 0, "val_loss": math.inf, "correct": -1, "state": None}
     evals: list[list[float]] = []
     rewind = {"state": state_now() if rewind_at == 0 else None}
-    resumed = Resumed()
     ck = Checkpoint(checkpoint, fingerprint, total, torch.device(device).type)
-    saved = ck.load()
-    if saved is not None:
-        try:
-            net.load_state_dict(saved["model"])
-            resumed = restore(saved, opt, gen)
-            b = saved["best"]
-            best.update(iteration=int(b[0]), val_loss=float(b[1]), correct=int(b[2]),
-                        state=dict(saved["best_state"]) or None)
-            evals = [list(e) for e in saved["evals"]]
-            rewind["state"] = dict(saved["rewind"]) or rewind["state"]
-        except Exception as e:  # noqa: BLE001 - a checkpoint that does not fit costs only the work
-            log.warning("ignoring checkpoint %s that does not fit this run (%s); training from the start",
-                        checkpoint, e)
-            load_state(net, start)
-            constrain()
-            opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-            gen.manual_seed(seed_of(cfg.seed, "shuffle"))
-            resumed = Resumed()
-    meter = TrainMeter(total, label, progress, device, resumed.history)
-    if resumed.meter is not None:
-        meter.load_state(resumed.meter)
+
+    def apply(saved):
+        net.load_state_dict(saved["model"])
+        out = restore(saved, opt, gen)
+        b = saved["best"]
+        best.update(iteration=int(b[0]), val_loss=float(b[1]), correct=int(b[2]),
+                    state=dict(saved["best_state"]) or None)
+        evals[:] = [list(e) for e in saved["evals"]]
+        rewind["state"] = dict(saved["rewind"]) or rewind["state"]
+        return out
+
+    def reset():
+        nonlocal opt
+        load_state(net, start)
+        constrain()
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+        gen.manual_seed(seed_of(cfg.seed, "shuffle"))
+        best.update(iteration=0, val_loss=math.inf, correct=-1, state=None)
+        evals.clear()
+
+    resumed = resume(ck, apply, reset)
+    meter = TrainMeter(total, label, progress, device, resumed.history, window=resumed.meter)
     say_resumed(label, resumed.start, total, ck.path)
 
     def evaluate(done: int) -> None:
@@ -188,8 +187,6 @@ def train_stage(subject, start: Mapping[str, np.ndarray], masks: Mapping[str, np
         with torch.no_grad():
             vl = sum(float(F.cross_entropy(net(data.xv[a:a + 2000]), data.yv[a:a + 2000], reduction="sum"))
                      for a in range(0, data.xv.shape[0], 2000)) / data.xv.shape[0]
-            from ..prediction import predict_classes
-
             pred = np.concatenate([predict_classes(net(data.xt[a:a + 2000]).float().cpu().numpy())
                                    for a in range(0, data.xt.shape[0], 2000)])
         net.train()
@@ -335,8 +332,7 @@ def run_imp(cfg: FindConfig, inputs, out: Path, device: str, progress: bool, eva
                 "density": kept / size, "layer_densities": {n: int(m.sum()) / m.size for n, m in masks.items()}}
 
     def with_masked(state, masks, values=None):
-        return {**state, **{n: np.multiply((values or state)[n], masks[n], dtype=np.float32) + np.float32(0.0)
-                            for n in masks}}
+        return {**state, **{n: apply_mask((values or state)[n], masks[n]) for n in masks}}
 
     for r in range(1, cfg.rounds + 1):
         scores = {n: crit.get(criterion)(wk[n], final_prev[n], seed=cfg.seed, name=n) for n in masked}

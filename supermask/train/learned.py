@@ -41,7 +41,7 @@ import numpy as np
 from .. import rng
 from .config import DENSITY_LEARNED, LEARNED_METHODS, METHODS  # noqa: F401  (re-exported)
 from .loop import seed_of, seeded_torch
-from .resume import Checkpoint, Resumed, restore, run_steps, say_resumed, set_torch_rng
+from .resume import Checkpoint, restore, resume, run_steps, say_resumed, set_torch_rng
 from .masks import fans, final_mask, kept_count, multiplier, scaled_masked  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -180,23 +180,23 @@ def train_scores(method: str, subject: Subject, state: Mapping[str, np.ndarray],
     sample_gen = torch.Generator(device=device)
     shuffle_gen = torch.Generator(device="cpu")
     masker, opt = fresh()
-    resumed = Resumed()
     ck = Checkpoint(checkpoint, fingerprint, total, device_type) if checkpoint is not None else None
-    saved = ck.load() if ck is not None else None
-    if saved is not None:
-        try:
-            with torch.no_grad():
-                for name, sc in zip(masker.names, masker.params()):
-                    sc.copy_(saved["scores"][name])
-                for name, t in masker.trained.items():
-                    t.copy_(saved["extras"][name])
-            resumed = restore(saved, opt, shuffle_gen)
-            sample_gen.set_state(saved["samples"])
-        except Exception as e:  # noqa: BLE001 - a checkpoint that loads but does not fit costs only the work
-            log.warning("ignoring checkpoint %s that does not fit this run (%s); training this stage from the "
-                        "start", checkpoint, e)
-            masker, opt = fresh()
-            resumed = Resumed()
+
+    def apply(saved):
+        with torch.no_grad():
+            for name, sc in zip(masker.names, masker.params()):
+                sc.copy_(saved["scores"][name])
+            for name, t in masker.trained.items():
+                t.copy_(saved["extras"][name])
+        out = restore(saved, opt, shuffle_gen)
+        sample_gen.set_state(saved["samples"])
+        return out
+
+    def reset():
+        nonlocal masker, opt
+        masker, opt = fresh()
+
+    resumed = resume(ck, apply, reset)
     params = masker.params()
 
     def lr_at(it: int) -> float:
@@ -204,9 +204,8 @@ def train_scores(method: str, subject: Subject, state: Mapping[str, np.ndarray],
             return 0.5 * lr * (1.0 + math.cos(math.pi * it / total))
         return lr
 
-    meter = TrainMeter(total, label, progress, device, resumed.history)
-    if resumed.meter is not None:
-        meter.load_state(resumed.meter)  # the partial window, so a resumed history matches an unbroken one
+    # the partial window travels in the checkpoint, so a resumed history matches an unbroken one
+    meter = TrainMeter(total, label, progress, device, resumed.history, window=resumed.meter)
     if ck is not None:
         say_resumed(label, resumed.start, total, ck.path)
 

@@ -7,7 +7,6 @@ is deterministic for a given torch build and thread count.
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Mapping
@@ -17,10 +16,8 @@ import numpy as np
 from .. import rng
 from ..prediction import predict_classes
 from .meter import TrainMeter
-from .resume import Checkpoint, Resumed, restore, run_steps, say_resumed, set_torch_rng, supervised_step
+from .resume import Checkpoint, restore, resume, run_steps, say_resumed, set_torch_rng, supervised_step
 from .subject import Subject, forward, load_state, state_to_torch
-
-log = logging.getLogger(__name__)
 
 #: Largest batch of the BatchNorm calibration passes (the examples are split into equal batches).
 BN_BATCH = 250
@@ -69,23 +66,20 @@ def train_dense(subject: Subject, state: Mapping[str, np.ndarray], x, y, *, seed
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed_of(seed, "shuffle"))
-    resumed = Resumed()
     ck = Checkpoint(checkpoint, fingerprint, total, torch.device(device).type) if checkpoint is not None else None
-    saved = ck.load() if ck is not None else None
-    if saved is not None:
-        try:
-            net.load_state_dict(saved["model"])
-            resumed = restore(saved, opt, gen)
-        except Exception as e:  # noqa: BLE001 - a checkpoint that does not fit costs only the work since the start
-            log.warning("ignoring checkpoint %s that does not fit this run (%s); training from the start",
-                        checkpoint, e)
-            load_state(net, state)
-            opt = torch.optim.Adam(net.parameters(), lr=lr)
-            gen.manual_seed(seed_of(seed, "shuffle"))
-            resumed = Resumed()
-    meter = TrainMeter(total, "train", progress, device, resumed.history)
-    if resumed.meter is not None:
-        meter.load_state(resumed.meter)
+
+    def apply(saved):
+        net.load_state_dict(saved["model"])
+        return restore(saved, opt, gen)
+
+    def reset():
+        nonlocal opt
+        load_state(net, state)
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        gen.manual_seed(seed_of(seed, "shuffle"))
+
+    resumed = resume(ck, apply, reset)
+    meter = TrainMeter(total, "train", progress, device, resumed.history, window=resumed.meter)
     if ck is not None:
         say_resumed("train", resumed.start, total, ck.path)
 

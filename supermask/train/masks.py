@@ -14,7 +14,7 @@ import numpy as np
 from .. import rng
 from ..ticket3 import weight_fans as fans  # noqa: F401  (the one fan rule, format.md 7.2)
 from . import criteria as crit
-from .config import INIT_VARIANTS, FindConfig
+from .config import INIT_VARIANTS, LEARNED_METHODS, FindConfig
 
 
 def kept_count(keep: float, n: int) -> int:

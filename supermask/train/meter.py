@@ -79,7 +79,7 @@ class TrainMeter:
     """
 
     def __init__(self, total: int, label: str, progress: bool, device: str, history: list[dict],
-                 every: int | None = None):
+                 every: int | None = None, window: list | None = None):
         import torch
 
         self.total, self.history = total, history
@@ -88,6 +88,8 @@ class TrainMeter:
         self.loss = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
         self.steps = self.seen = 0
+        if window is not None:  # a resumed loop's partial window (see :meth:`state`)
+            self.load_state(window)
 
     def step(self, it: int, loss, out, labels) -> None:
         self.loss += loss.detach()

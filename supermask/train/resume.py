@@ -131,6 +131,23 @@ class Resumed:
     cuda_rng: Any = None
 
 
+def resume(ck: Checkpoint | None, apply: Callable[[dict], Resumed], reset: Callable[[], None]) -> Resumed:
+    """Where a stage starts: from checkpoint ``ck`` when it loads and ``apply`` (which puts the
+    stage's own tensors back and returns :func:`restore`'s result) succeeds; from the start
+    otherwise. A checkpoint that loads but does not fit is ignored with a warning, after
+    ``reset`` has put the starting state back."""
+    saved = ck.load() if ck is not None else None
+    if saved is None:
+        return Resumed()
+    try:
+        return apply(saved)
+    except Exception as e:  # noqa: BLE001 - a checkpoint that does not fit costs only the work since the start
+        log.warning("ignoring checkpoint %s that does not fit this run (%s); training this stage from the start",
+                    ck.path, e)
+        reset()
+        return Resumed()
+
+
 def restore(ck: dict, opt, shuffle_gen) -> Resumed:
     """Load the parts every loop shares from checkpoint ``ck`` (the caller loads its tensors)."""
     import torch
