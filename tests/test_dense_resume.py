@@ -31,7 +31,18 @@ from supermask.train.runs import load_npz  # noqa: E402
 
 from helpers import REPO  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "signals_delivered")
+
+
+@pytest.fixture
+def signals_delivered():
+    """Default SIGINT/SIGTERM handling for the test, whatever the test runner inherited (a
+    background job ignores SIGINT, and supermask then leaves it ignored)."""
+    saved = {s: signal.signal(s, h) for s, h in ((signal.SIGINT, signal.default_int_handler),
+                                                  (signal.SIGTERM, signal.SIG_DFL))}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
 
 # digits: 1,437 training images at batch 60 -> 23 steps an epoch; 80 steps cross three epochs
 SMALL = dict(model="lenet-300-100", dataset="digits", iterations=80, batch_size=60, keeps=(0.5, 0.1),
@@ -111,7 +122,8 @@ def test_ctrl_c_to_a_find_process_then_a_rerun(tmp_path):
     args = [sys.executable, "-m", "supermask.cli", "find", "--model", "lenet-300-100", "--dataset", "digits",
             "--iterations", "4000", "--batch-size", "60", "--keep", "0.5", "--criteria", "random",
             "--threads", "1", "--out", str(out)]
-    p = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in p.stderr:  # without a terminal, progress comes as a line per tenth of the steps
         seen.append(line)
@@ -129,3 +141,11 @@ def test_ctrl_c_to_a_find_process_then_a_rerun(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"resuming at step {stopped_at:,} of 4,000" in r.stderr
     assert json.loads((out / "train.json").read_text())["resumed_at"] == stopped_at
+
+
+def test_a_signal_the_process_ignores_stays_ignored():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a background job or nohup
+    with resume.StopRequests() as stop:
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -53,6 +53,8 @@ class StopRequests:
     def __enter__(self) -> "StopRequests":
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(s) is signal.SIG_IGN:
+                    continue  # a process told to ignore it (nohup, a background job) keeps ignoring it
                 self._saved[s] = signal.signal(s, self._handle)
         return self
 
