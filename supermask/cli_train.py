@@ -4,6 +4,7 @@ functions these commands call, never at import time."""
 from __future__ import annotations
 
 import json
+import logging
 
 import click
 
@@ -245,8 +246,12 @@ def find(model, dataset, seed, out, **opts):
     With --method edge-popup or bernoulli the masks are learned directly over the frozen
     initial weights. Results go to OUT/results.json; re-running resumes where it stopped.
     """
+    from .train.distributed import launched_rank
     from .train.find import find as run_find
 
+    follower = launched_rank() > 0  # under torchrun, rank 0 alone reports
+    if follower:
+        logging.getLogger("supermask").setLevel(logging.WARNING)
     config, run = split_options(opts)
     try:
         cfg = FindConfig(model=model, dataset=dataset, seed=seed, **config)
@@ -254,6 +259,8 @@ def find(model, dataset, seed, out, **opts):
         raise click.UsageError(str(e)) from None
     out = out or cfg.default_out()
     res = run_find(cfg, out, **run)
+    if follower:
+        return
     if not opts["quiet"] and res["rows"] and "affine" in res["rows"][0]:
         click.echo(f"biases and norm parameters: {res['rows'][0]['affine']}")
     if not opts["quiet"]:

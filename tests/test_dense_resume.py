@@ -65,8 +65,8 @@ def _signal_at(monkeypatch, step: int, signum=signal.SIGINT):
     """Make dense training receive ``signum`` while it runs step ``step`` (0-based)."""
 
     class Signalling(TrainMeter):
-        def step(self, it, loss, out, labels):
-            super().step(it, loss, out, labels)
+        def record(self, it, loss, correct, examples):
+            super().record(it, loss, correct, examples)
             if it == step:
                 os.kill(os.getpid(), signum)
 

@@ -60,13 +60,13 @@ OBJECT_PREFIX = "object:"
 _TRAIN_FIELDS = ("model", "dataset", "seed", "init", "gain_sq", "lr", "batch_size", "epochs", "iterations",
                  "train_limit", "method", "momentum", "weight_decay", "rescale", "affine", "include", "exclude",
                  "scale", "mean", "std", "model_digest", "data_digest", "rounds", "prune_rate", "rewind",
-                 "controls", "val_examples", "eval_every")
+                 "controls", "val_examples", "eval_every", "processes")
 # Fields added after the first runs were made: left out of the hashes while they hold the value
 # that means "not used", so the folders of earlier runs keep their identity.
 _ABSENT = {"method": "criteria", "momentum": None, "weight_decay": None, "rescale": None, "affine": "fixed",
            "include": None, "exclude": [], "scale": None, "mean": None, "std": None, "model_digest": None,
            "data_digest": None, "bn_examples": None, "rounds": None, "prune_rate": None, "rewind": None,
-           "controls": [], "val_examples": None, "eval_every": None}
+           "controls": [], "val_examples": None, "eval_every": None, "processes": 1}
 
 
 def _floats(v: Sequence[float], what: str) -> tuple[float, ...]:
@@ -156,6 +156,7 @@ class FindConfig:
     controls: tuple[str, ...] = ()  # imp: control variants retrained beside the winning tickets
     val_examples: int | None = None  # imp: training examples held out for early stopping
     eval_every: int | None = None  # imp: iterations between validation passes
+    processes: int = 1  # data-parallel processes that trained (set by find under torchrun)
 
     def __post_init__(self) -> None:
         _check_model(self.model)
@@ -207,7 +208,7 @@ class FindConfig:
         object.__setattr__(self, "lr", lr)
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        for name in ("epochs", "iterations", "train_limit", "test_limit", "bn_examples"):
+        for name in ("epochs", "iterations", "train_limit", "test_limit", "bn_examples", "processes"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -139,6 +140,17 @@ def find(cfg: FindConfig, out: str | os.PathLike, *, data_dir: str | None = None
         import torch
 
         torch.set_num_threads(threads)
+    from . import distributed
+
+    world = distributed.launched_world()
+    if cfg.processes not in (1, world):
+        raise RunError(f"the config says {cfg.processes} processes, but this run has {world}; start it with "
+                       f"torchrun --nproc-per-node {cfg.processes} (docs/scaling.md)")
+    if world > 1:
+        if cfg.method == "imp":
+            raise RunError("--method imp does not run data-parallel; run it as one process")
+        cfg = replace(cfg, processes=world)
+    dev = resolve_device(device)
     cfg, inputs = prepare(cfg, model=model, train_data=train_data, test_data=test_data, classes=classes,
                           data_dir=data_dir, download=download)
     if cfg.method == "imp":  # a schedule that cannot run fails before the run folder is made
@@ -146,8 +158,16 @@ def find(cfg: FindConfig, out: str | os.PathLike, *, data_dir: str | None = None
 
         n = len(inputs.train_set)
         plan(cfg, n if cfg.train_limit is None else min(n, cfg.train_limit))
-    with claim_folder(out, "run folder", RunError) as out:
-        return _find_locked(cfg, inputs, out, device, progress)
+    with distributed.joined(dev) as (group, dev), ExitStack() as stack:
+        def claim():  # rank 0 alone locks and reads the run folder; the others learn what it found
+            path = stack.enter_context(claim_folder(out, "run folder", RunError))
+            return path, _check_config(path, cfg), is_complete(path, cfg)
+
+        out, train_hashes, complete = distributed.from_writer(claim, "the start of the run")
+        if complete:
+            log.info("%s is complete; nothing to do", out)
+            return distributed.from_writer(lambda: _read_json(out / "results.json"), "the start of the run")
+        return _find_locked(cfg, inputs, out, train_hashes, dev, progress and group.writer, group.writer)
 
 
 def model_info(cfg: FindConfig, inputs: _Inputs) -> dict:
@@ -172,21 +192,22 @@ def model_info(cfg: FindConfig, inputs: _Inputs) -> dict:
     }
 
 
-def _find_locked(cfg: FindConfig, inputs: _Inputs, out: Path, device: str, progress: bool) -> dict:
-    train_hashes = _check_config(out, cfg)
+def _find_locked(cfg: FindConfig, inputs: _Inputs, out: Path, train_hashes: set[str], dev: str, progress: bool,
+                 writer: bool) -> dict:
+    """Train, select and evaluate into ``out``. Only the ``writer`` (rank 0 of a distributed run,
+    or the one process) writes files; the others train beside it and check their masks."""
+    from . import distributed
+
     results_path = out / "results.json"
-    if is_complete(out, cfg):
-        log.info("%s is complete; nothing to do", out)
-        return _read_json(results_path)
-    dev = resolve_device(device)
-    # results.json goes first: then it never sits beside a config.json or masks.npz of
-    # another evaluation when this one is killed (see supermask.train.runs).
-    results_path.unlink(missing_ok=True)
-    atomic_write(out / "config.json", _json({
-        "format": RUN_FORMAT, "config": cfg.to_dict(), "train_hash": cfg.train_hash, "run_hash": cfg.run_hash,
-    }))
-    atomic_write(out / "model.json", _json(model_info(cfg, inputs)))
-    (out / "architecture.json").unlink(missing_ok=True)  # left by an older version
+    if writer:
+        # results.json goes first: then it never sits beside a config.json or masks.npz of
+        # another evaluation when this one is killed (see supermask.train.runs).
+        results_path.unlink(missing_ok=True)
+        atomic_write(out / "config.json", _json({
+            "format": RUN_FORMAT, "config": cfg.to_dict(), "train_hash": cfg.train_hash, "run_hash": cfg.run_hash,
+        }))
+        atomic_write(out / "model.json", _json(model_info(cfg, inputs)))
+        (out / "architecture.json").unlink(missing_ok=True)  # left by an older version
     if cfg.method == "imp":
         from .imp import run_imp
 
@@ -194,15 +215,17 @@ def _find_locked(cfg: FindConfig, inputs: _Inputs, out: Path, device: str, progr
         rows, masks, extras = run_imp(cfg, inputs, out, dev, progress, _Evaluator(cfg, inputs, dev))
         rows = [{**base, **r} for r in rows]
     elif cfg.learned:
-        rows, masks, extras = _learn_and_evaluate(cfg, inputs, out, dev, progress)
+        rows, masks, extras = _learn_and_evaluate(cfg, inputs, out, dev, progress, writer)
     else:
-        rows, masks, extras = _train_and_evaluate(cfg, inputs, out, train_hashes, dev, progress)
-    save_npz(out / "masks.npz", masks)
-    save_npz(out / "extras.npz", extras)
-    res = {"format": RUN_FORMAT, "run_hash": cfg.run_hash, "config": cfg.to_dict(), "test_examples": rows[0]["total"],
-           "rows": rows}
-    atomic_write(results_path, _json(res))
-    return res
+        rows, masks, extras = _train_and_evaluate(cfg, inputs, out, train_hashes, dev, progress, writer)
+    res = None
+    if writer:
+        save_npz(out / "masks.npz", masks)
+        save_npz(out / "extras.npz", extras)
+        res = {"format": RUN_FORMAT, "run_hash": cfg.run_hash, "config": cfg.to_dict(),
+               "test_examples": rows[0]["total"], "rows": rows}
+        atomic_write(results_path, _json(res))
+    return distributed.from_writer(lambda: res, "the end of the run")
 
 
 class _Evaluator:
@@ -251,23 +274,33 @@ def _others(inputs: _Inputs, trained: Mapping[str, np.ndarray] | None) -> dict[s
     return out
 
 
+def _reuse_dense(cfg: FindConfig, subject, out: Path, train_hashes: set[str]):
+    """(trained tensors, summary) of a finished dense training stage in ``out``, or None."""
+    train_json = out / "train.json"
+    if not (train_json.exists() and _read_json(train_json).get("train_hash") in train_hashes):
+        return None
+    log.info("reusing trained weights in %s", out)
+    w_final = load_npz(out / "weights.npz")
+    missing = set(subject.plans) - set(w_final)
+    if missing:
+        raise RunError(f"{out}/weights.npz lacks {sorted(missing)[:5]}; delete the folder and re-run")
+    summary = _read_json(train_json)
+    if summary["train_hash"] != cfg.train_hash:  # written under an older hash rule
+        summary["train_hash"] = cfg.train_hash
+        atomic_write(train_json, _json(summary))
+    return w_final, summary
+
+
 def _train_and_evaluate(cfg: FindConfig, inputs: _Inputs, out: Path, train_hashes: set[str], device: str,
-                        progress: bool) -> tuple[list[dict], dict, dict]:
+                        progress: bool, writer: bool = True) -> tuple[list[dict], dict, dict]:
+    from . import distributed
     from .data import to_tensors
     from .loop import train_dense
 
     subject = inputs.subject
-    train_json = out / "train.json"
-    if train_json.exists() and _read_json(train_json).get("train_hash") in train_hashes:
-        log.info("reusing trained weights in %s", out)
-        w_final = load_npz(out / "weights.npz")
-        missing = set(subject.plans) - set(w_final)
-        if missing:
-            raise RunError(f"{out}/weights.npz lacks {sorted(missing)[:5]}; delete the folder and re-run")
-        summary = _read_json(train_json)
-        if summary["train_hash"] != cfg.train_hash:  # written under an older hash rule
-            summary["train_hash"] = cfg.train_hash
-            atomic_write(train_json, _json(summary))
+    reused = distributed.from_writer(lambda: _reuse_dense(cfg, subject, out, train_hashes), "reading the run")
+    if reused is not None:
+        w_final, summary = reused
     else:
         x, y = to_tensors(inputs.train_set, inputs.preprocess, device, cfg.train_limit)
         state0 = subject.initial_state(cfg.seed, cfg.init_spec)
@@ -276,43 +309,60 @@ def _train_and_evaluate(cfg: FindConfig, inputs: _Inputs, out: Path, train_hashe
                                        progress=progress, checkpoint=out / "train.ckpt",
                                        fingerprint=cfg.train_hash)
         del x, y
-        save_npz(out / "weights.npz", w_final)  # before train.json, which marks the stage done
-        summary["train_hash"] = cfg.train_hash
-        atomic_write(train_json, _json(summary))
-        (out / "train.ckpt").unlink(missing_ok=True)
+        distributed.agree("trained weights", w_final)
+        if writer:
+            save_npz(out / "weights.npz", w_final)  # before train.json, which marks the stage done
+            summary["train_hash"] = cfg.train_hash
+            atomic_write(out / "train.json", _json(summary))
+            (out / "train.ckpt").unlink(missing_ok=True)
+
+    masked = subject.masked
+    inits = {v: subject.initial_weights(cfg.seed, variant_init(cfg, v)) for v in INIT_VARIANTS}
+    jobs = [(c, k) for c in cfg.criteria for k in cfg.keeps]
+    mask_arrays, densities = {}, {}  # masks first (every rank), then the evaluation (the writer)
+    for c, k in jobs:
+        masks = compute_masks(cfg, masked, inits["original"], w_final, c, k)
+        kept = sum(int(m.sum()) for m in masks.values())
+        densities[c, k] = kept / sum(m.size for m in masks.values()), {n: int(m.sum()) / m.size
+                                                                       for n, m in masks.items()}
+        for n, m in masks.items():
+            mask_arrays[mask_key(c, k, n)] = np.packbits(m.reshape(-1), bitorder="little")
+    distributed.agree("masks", mask_arrays)
+    if not writer:
+        return [], mask_arrays, {}
 
     ev = _Evaluator(cfg, inputs, device)
     base = _row_base(cfg)
-    masked = subject.masked
     from .loop import accuracy
 
     correct, _ = accuracy(subject, w_final, ev.x, ev.y, device)  # the trained network as it is
     rows = [{**base, "criterion": "dense", "keep": 1.0, "init": "trained", "accuracy": correct / ev.total,
              "correct": correct, "total": ev.total, "density": 1.0, "layer_densities": {n: 1.0 for n in masked}}]
-    inits = {v: subject.initial_weights(cfg.seed, variant_init(cfg, v)) for v in INIT_VARIANTS}
     others = _others(inputs, w_final)
-    mask_arrays, extras = {}, {}
-    jobs = [(c, k) for c in cfg.criteria for k in cfg.keeps]
+    extras = {}
     bar = Progress(len(jobs), "evaluate", progress)
     for j, (c, k) in enumerate(jobs):
-        masks = compute_masks(cfg, masked, inits["original"], w_final, c, k)
-        kept = sum(int(m.sum()) for m in masks.values())
-        size = sum(m.size for m in masks.values())
-        dens = {n: int(m.sum()) / m.size for n, m in masks.items()}
-        for n, m in masks.items():
-            mask_arrays[mask_key(c, k, n)] = np.packbits(m.reshape(-1), bitorder="little")
+        masks = {n: _unpack(mask_arrays[mask_key(c, k, n)], inits["original"][n].shape) for n in masked}
+        density, dens = densities[c, k]
         for v in INIT_VARIANTS:
             correct, stored = ev(masked_state(inits[v], masks, others))
             extras.update({extra_key(c, k, v, n): a for n, a in stored.items()})
             rows.append({**base, "criterion": c, "keep": k, "init": v, "accuracy": correct / ev.total,
-                         "correct": correct, "total": ev.total, "density": kept / size, "layer_densities": dens})
+                         "correct": correct, "total": ev.total, "density": density, "layer_densities": dens})
         bar.update(j + 1)
     bar.close()
     return rows, mask_arrays, extras
 
 
+def _unpack(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    n = int(np.prod(shape))
+    return np.unpackbits(packed, count=n, bitorder="little").astype(bool).reshape(shape)
+
+
 def _row_base(cfg: FindConfig) -> dict[str, Any]:
     base = {"model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed, "selection": cfg.selection}
+    if cfg.processes > 1:
+        base["processes"] = cfg.processes
     if cfg.method != "criteria":
         base["method"] = cfg.method
     if cfg.affine != "fixed":
@@ -325,25 +375,35 @@ def stage_name(cfg: FindConfig, keep: float | None) -> str:
     return cfg.method if keep is None else f"keep-{keep!r}"
 
 
+def _done_stage(cfg: FindConfig, folder: Path, tag: str):
+    """(arrays, summary) of a finished learned stage, or None."""
+    done = folder / f"{tag}.json"
+    if done.exists() and _read_json(done).get("train_hash") == cfg.train_hash:
+        return load_npz(folder / f"{tag}.npz"), _read_json(done)
+    return None
+
+
 def _learn_and_evaluate(cfg: FindConfig, inputs: _Inputs, out: Path, device: str,
-                        progress: bool) -> tuple[list[dict], dict, dict]:
+                        progress: bool, writer: bool = True) -> tuple[list[dict], dict, dict]:
     """Train scores for each keep (one stage each, resumable from per-epoch checkpoints), then
     evaluate every final mask on the untrained network."""
+    from . import distributed
     from .data import to_tensors
     from .learned import train_scores
 
     subject = inputs.subject
     folder = out / "scores"
-    folder.mkdir(exist_ok=True)
+    if writer:
+        folder.mkdir(exist_ok=True)
     stages: dict[str, dict] = {}
     learned: dict[str, dict[str, np.ndarray]] = {}
     keeps: list[float | None] = list(cfg.keeps) or [None]
     data = None
     for keep in keeps:
         tag = stage_name(cfg, keep)
-        done = folder / f"{tag}.json"
-        if done.exists() and _read_json(done).get("train_hash") == cfg.train_hash:
-            learned[tag], stages[tag] = load_npz(folder / f"{tag}.npz"), _read_json(done)
+        finished = distributed.from_writer(lambda: _done_stage(cfg, folder, tag), "reading the run")
+        if finished is not None:
+            learned[tag], stages[tag] = finished
             continue
         if data is None:
             data = to_tensors(inputs.train_set, inputs.preprocess, device, cfg.train_limit)
@@ -354,34 +414,48 @@ def _learn_and_evaluate(cfg: FindConfig, inputs: _Inputs, out: Path, device: str
             rescale=bool(cfg.rescale), device=device, checkpoint=folder / f"{tag}.ckpt", progress=progress,
             label=f"{cfg.method} {tag}", fingerprint=f"{cfg.train_hash}/{tag}")
         arrays = {**s, **{f"trained/{n}": v for n, v in extra.items()}}
-        save_npz(folder / f"{tag}.npz", arrays)  # before the .json that marks the stage done
-        summary["train_hash"] = cfg.train_hash
-        atomic_write(done, _json(summary))
-        (folder / f"{tag}.ckpt").unlink(missing_ok=True)
+        distributed.agree(f"scores of {tag}", arrays)
+        if writer:
+            save_npz(folder / f"{tag}.npz", arrays)  # before the .json that marks the stage done
+            summary["train_hash"] = cfg.train_hash
+            atomic_write(folder / f"{tag}.json", _json(summary))
+            (folder / f"{tag}.ckpt").unlink(missing_ok=True)
         learned[tag], stages[tag] = arrays, summary
     del data
-    atomic_write(out / "train.json", _json({"method": cfg.method, "train_hash": cfg.train_hash, "stages": stages}))
+    if writer:
+        atomic_write(out / "train.json", _json({"method": cfg.method, "train_hash": cfg.train_hash,
+                                                "stages": stages}))
 
-    ev = _Evaluator(cfg, inputs, device)
-    base = _row_base(cfg)
-    rows, mask_arrays, extras = [], {}, {}
+    finals = {}  # masks first (every rank), then the evaluation (the writer)
+    mask_arrays = {}
     for keep in keeps:
         tag = stage_name(cfg, keep)
-        arrays = learned[tag]
-        masks = {n: final_mask(cfg.method, arrays[n], keep) for n in subject.masked}
-        factors = learned_multipliers(cfg, masks)
+        masks = {n: final_mask(cfg.method, learned[tag][n], keep) for n in subject.masked}
         kept = sum(int(m.sum()) for m in masks.values())
         size = sum(m.size for m in masks.values())
         row_keep = keep if keep is not None else kept / size
         for n, m in masks.items():
             mask_arrays[mask_key(cfg.method, row_keep, n)] = np.packbits(m.reshape(-1), bitorder="little")
+        finals[tag] = masks, kept / size, row_keep
+    distributed.agree("masks", mask_arrays)
+    if not writer:
+        return [], mask_arrays, {}
+
+    ev = _Evaluator(cfg, inputs, device)
+    base = _row_base(cfg)
+    rows, extras = [], {}
+    for keep in keeps:
+        tag = stage_name(cfg, keep)
+        arrays = learned[tag]
+        masks, density, row_keep = finals[tag]
+        factors = learned_multipliers(cfg, masks)
         trained = {n[len("trained/"):]: v for n, v in arrays.items() if n.startswith("trained/")}
         weights = subject.initial_weights(cfg.seed, cfg.init_for(keep))
         correct, stored = ev(masked_state(weights, masks, _others(inputs, trained), factors))
         extras.update({extra_key(cfg.method, row_keep, "original", n): a for n, a in stored.items()})
         row = {**base, "criterion": cfg.method, "keep": row_keep, "init": "original",
                "accuracy": correct / ev.total, "gain_sq": cfg.init_for(keep).gain_sq, "correct": correct,
-               "total": ev.total, "density": kept / size,
+               "total": ev.total, "density": density,
                "layer_densities": {n: int(m.sum()) / m.size for n, m in masks.items()}}
         if factors:
             row["multipliers"] = factors

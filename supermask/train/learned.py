@@ -41,7 +41,7 @@ import numpy as np
 from .. import rng
 from .config import DENSITY_LEARNED, LEARNED_METHODS, METHODS  # noqa: F401  (re-exported)
 from .loop import seed_of, seeded_torch
-from .resume import Checkpoint, restore, resume, run_steps, say_resumed, set_torch_rng
+from .resume import Checkpoint, batches, restore, resume, run_steps, say_resumed, set_torch_rng, sync_step
 from .masks import fans, final_mask, kept_count, multiplier, scaled_masked  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -157,8 +157,7 @@ def train_scores(method: str, subject: Subject, state: Mapping[str, np.ndarray],
     from .meter import TrainMeter
 
     n = x.shape[0]
-    bs = min(batch_size, n)
-    per_epoch = n // bs
+    bs, per_epoch = batches(n, batch_size)  # per process; whole batches only
     total = iterations or epochs * per_epoch
     device_type = torch.device(device).type
 
@@ -216,8 +215,9 @@ def train_scores(method: str, subject: Subject, state: Mapping[str, np.ndarray],
         loss = F.cross_entropy(out, yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        stats = sync_step(opt, loss, out, yb)  # distributed: score gradients averaged over the ranks
         opt.step()
-        meter.step(it, loss, out, yb)
+        meter.record(it, *stats)
 
     def snapshot() -> dict:
         return {"scores": {nm: sc.detach() for nm, sc in zip(masker.names, params)},

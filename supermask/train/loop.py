@@ -16,7 +16,7 @@ import numpy as np
 from .. import rng
 from ..prediction import predict_classes
 from .meter import TrainMeter
-from .resume import Checkpoint, restore, resume, run_steps, say_resumed, set_torch_rng, supervised_step
+from .resume import Checkpoint, batches, restore, resume, run_steps, say_resumed, set_torch_rng, supervised_step
 from .subject import Subject, forward, load_state, state_to_torch
 
 #: Largest batch of the BatchNorm calibration passes (the examples are split into equal batches).
@@ -60,8 +60,7 @@ def train_dense(subject: Subject, state: Mapping[str, np.ndarray], x, y, *, seed
     net = subject.module.to(device)
     load_state(net, state)
     n = x.shape[0]
-    bs = min(batch_size, n)
-    per_epoch = n // bs  # whole batches only, so every step sees batch_size examples
+    bs, per_epoch = batches(n, batch_size)  # per process; whole batches only
     total = iterations or epochs * per_epoch
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     gen = torch.Generator(device="cpu")

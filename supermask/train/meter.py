@@ -92,10 +92,14 @@ class TrainMeter:
             self.load_state(window)
 
     def step(self, it: int, loss, out, labels) -> None:
-        self.loss += loss.detach()
-        self.correct += (out.detach().argmax(1) == labels).sum()
+        self.record(it, loss.detach(), (out.detach().argmax(1) == labels).sum(), labels.shape[0])
+
+    def record(self, it: int, loss, correct, examples: int) -> None:
+        """Add step ``it``: its mean loss and correct count (device tensors) over ``examples``."""
+        self.loss += loss
+        self.correct += correct
         self.steps += 1
-        self.seen += labels.shape[0]
+        self.seen += examples
         if (it + 1) % self.every == 0 or it + 1 == self.total:
             lv, acc = self.loss.item() / self.steps, self.correct.item() / self.seen
             self.history.append({"iteration": it + 1, "loss": lv, "train_accuracy": acc})

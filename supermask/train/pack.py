@@ -147,6 +147,8 @@ def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | Non
         meta["init_variant"] = init
     if cfg.affine != "fixed":
         meta["affine"] = cfg.affine
+    if cfg.processes > 1:  # trained data-parallel (torchrun); absent means one process
+        meta["processes"] = cfg.processes
     # the raw training inputs' range (absent in older runs): the runtime warns about inputs far outside it
     rng = info.get("train_input_range")
     if isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, (int, float)) and np.isfinite(v) for v in rng):

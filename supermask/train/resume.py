@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from ..atomic import atomic_open
 from ..errors import SupermaskError
+from . import distributed
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,16 @@ class StopRequests:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.agreed = False  # a distributed run: some rank was asked to stop (see sync_step)
         self._saved: dict[int, Any] = {}
 
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None or self.agreed
+
     def __enter__(self) -> "StopRequests":
+        global _stop
+        _stop = self
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 if signal.getsignal(s) is signal.SIG_IGN:
@@ -66,9 +74,14 @@ class StopRequests:
                          f"(Ctrl-C again to stop at once)\n")
 
     def __exit__(self, *exc) -> None:
+        global _stop
+        _stop = None
         for s, h in self._saved.items():
             signal.signal(s, h)
         self._saved.clear()
+
+
+_stop: StopRequests | None = None  # the loop that runs now
 
 
 def _read(path: Path) -> dict | None:
@@ -117,6 +130,8 @@ class Checkpoint:
         return ck
 
     def save(self, state: dict) -> None:
+        if not distributed.current().writer:
+            return  # rank 0 keeps the state of a distributed run: every rank holds the same
         write_checkpoint(self.path, {"fingerprint": self.fingerprint, "total": self.total,
                                     "device": self.device_type, **state})
 
@@ -138,7 +153,8 @@ def resume(ck: Checkpoint | None, apply: Callable[[dict], Resumed], reset: Calla
     stage's own tensors back and returns :func:`restore`'s result) succeeds; from the start
     otherwise. A checkpoint that loads but does not fit is ignored with a warning, after
     ``reset`` has put the starting state back."""
-    saved = ck.load() if ck is not None else None
+    # in a distributed run rank 0 reads the checkpoint and hands it to the others
+    saved = distributed.from_writer(ck.load, "resuming") if ck is not None else None
     if saved is None:
         return Resumed()
     try:
@@ -164,18 +180,36 @@ def restore(ck: dict, opt, shuffle_gen) -> Resumed:
     return Resumed(int(ck["iteration"]), float(ck["seconds"]), history, meter, ck.get("torch_rng"), ck.get("cuda_rng"))
 
 
+def batches(n: int, batch_size: int) -> tuple[int, int]:
+    """(examples per rank and step, steps per epoch) for ``n`` examples.
+
+    Each step takes one global batch of ``batch_size`` x processes examples (whole batches only,
+    so every step sees as many); each rank takes its ``batch_size`` share. With fewer examples
+    than one global batch, the batch shrinks to fit."""
+    world = distributed.current().world
+    if n < world:
+        raise ValueError(f"{n} training examples cannot be shared by {world} processes")
+    bs = min(batch_size, n // world)
+    return bs, n // (bs * world)
+
+
 def run_steps(*, x, y, batch_size: int, total: int, start: int, device: str, shuffle_gen,
               step: Callable[[int, Any, Any], None], snapshot: Callable[[], dict], meter, opt,
               checkpoint: Checkpoint | None, seconds: float, label: str) -> float:
     """Steps ``start .. total-1`` of an epoch-shuffled loop; ``step(it, xb, yb)`` trains one batch.
 
-    With ``checkpoint``, the state (``snapshot()`` plus the shared parts) is saved after every
-    epoch and when a stop is requested. Returns the seconds spent, earlier sessions included.
+    ``batch_size`` is per process (:func:`batches`): in a distributed run every rank draws the
+    same permutation and takes its slice of each global batch. With ``checkpoint``, the state
+    (``snapshot()`` plus the shared parts) is saved after every epoch and when a stop is
+    requested. Returns the seconds spent, earlier sessions included.
     """
     import torch
 
+    group = distributed.current()
     n = x.shape[0]
-    per_epoch = n // batch_size
+    step_examples = batch_size * group.world
+    per_epoch = n // step_examples
+    mine = group.rank * batch_size  # this rank's slice of a global batch
     t0 = time.perf_counter()
     perm, epoch_start = None, None
 
@@ -195,10 +229,11 @@ def run_steps(*, x, y, batch_size: int, total: int, start: int, device: str, shu
             if b == 0 or perm is None:
                 epoch_start = shuffle_gen.get_state()
                 perm = torch.randperm(n, generator=shuffle_gen).to(device)
-            idx = perm[b * batch_size:(b + 1) * batch_size]
+            at = b * step_examples + mine
+            idx = perm[at:at + batch_size]
             step(it, x[idx], y[idx])
             done = it + 1
-            if stop.signum is not None:
+            if stop.requested:  # in a distributed run every rank sees it after the same step
                 if checkpoint is None:
                     raise KeyboardInterrupt
                 meter.close()
@@ -212,19 +247,46 @@ def run_steps(*, x, y, batch_size: int, total: int, start: int, device: str, shu
     return seconds + time.perf_counter() - t0
 
 
+def sync_step(opt, loss, out, labels) -> tuple[Any, Any, int]:
+    """Between ``backward`` and the optimizer step: in a distributed run, average the gradients
+    of ``opt``'s parameters over the ranks and share whether any rank was asked to stop, in one
+    all-reduce. Returns (loss, correct count, examples) of the whole step, for the meter (this
+    rank's own in a plain run; no device sync there)."""
+    correct = (out.detach().argmax(1) == labels).sum()
+    group = distributed.current()
+    if not group.active:
+        return loss.detach(), correct, labels.shape[0]
+    import torch
+
+    grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    flag = 1.0 if _stop is not None and _stop.signum is not None else 0.0
+    tail = torch.stack([loss.detach().float(), correct.float(), torch.tensor(flag, device=loss.device)])
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [tail])
+    distributed.all_reduce_sum(flat)
+    at = 0
+    for g in grads:
+        g.copy_(flat[at:at + g.numel()].view_as(g) / group.world)
+        at += g.numel()
+    if flat[-1].item() > 0 and _stop is not None:
+        _stop.agreed = True
+    return flat[-3] / group.world, flat[-2].round().long(), labels.shape[0] * group.world
+
+
 def supervised_step(net, opt, meter, it: int, xb, yb, after: Callable[[], None] | None = None) -> None:
-    """One step of plain supervised training: cross-entropy, backward, optimizer step, then
-    ``after`` (a constraint on the weights, such as a mask), then the meter."""
+    """One step of plain supervised training: cross-entropy, backward, (in a distributed run)
+    gradients averaged over the ranks, optimizer step, then ``after`` (a constraint on the
+    weights, such as a mask), then the meter."""
     from torch.nn import functional as F
 
     out = net(xb)
     loss = F.cross_entropy(out, yb)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    stats = sync_step(opt, loss, out, yb)
     opt.step()
     if after is not None:
         after()
-    meter.step(it, loss, out, yb)
+    meter.record(it, *stats)
 
 
 def say_resumed(label: str, start: int, total: int, path: Path) -> None:
