@@ -1,0 +1,59 @@
+/* Internal declarations shared by the reader's source files. Not part of the API. */
+#ifndef SMASK_INT_H
+#define SMASK_INT_H
+
+#include "smask.h"
+
+/* SHA-256, incremental. */
+typedef struct {
+    uint32_t h[8];
+    uint64_t total;
+    uint8_t block[64];
+    size_t fill;
+} smask_sha_ctx;
+void smask_sha_init(smask_sha_ctx *c);
+void smask_sha_update(smask_sha_ctx *c, const uint8_t *p, size_t n);
+void smask_sha_final(smask_sha_ctx *c, uint8_t out[32]);
+
+/* A list of blocks obtained from the caller's allocator, freed all at once. */
+typedef struct smask_pool {
+    smask_alloc_fn alloc;
+    smask_free_fn free;
+    void *ctx;
+    void *head; /* each block starts with a pointer to the next */
+} smask_pool;
+void *smask_pool_get(smask_pool *p, size_t n); /* NULL on failure or overflow; zeroed */
+void smask_pool_release(smask_pool *p);
+
+/* Raw DEFLATE with the format's preset dictionary. Writes at most cap bytes into *out
+ * (allocated from pool). Returns 0 or fills err. */
+int smask_inflate(const uint8_t *in, size_t in_len, size_t cap, smask_pool *pool,
+                  uint8_t **out, size_t *out_len, smask_error *err);
+extern const char smask_dictionary[];
+#define SMASK_DICT_LEN 565
+
+/* Vetting of a version-3 ONNX graph (docs/format.md 7.3). */
+typedef struct {
+    const uint8_t *name;
+    size_t name_len;
+    uint64_t dims[SMASK_MAX_DIMS];
+    size_t ndim;
+    uint64_t size;
+} smask_placeholder;
+
+typedef struct {
+    smask_placeholder *ph;   /* placeholders, graph order */
+    size_t nph;
+    uint64_t input_dims[3];  /* input shape without the batch dimension */
+    size_t input_ndim;
+    int has_classes;         /* the output's second dimension is a number */
+    int64_t classes;
+} smask_graph_info;
+
+int smask_vet_graph(const uint8_t *g, size_t len, smask_pool *pool, smask_graph_info *info,
+                    smask_error *err);
+
+int smask_fail(smask_error *err, int code, const char *fmt, ...);
+int smask_utf8_valid(const uint8_t *p, size_t n);
+
+#endif
