@@ -1,0 +1,392 @@
+"""The C99 ticket reader (runtime/c) against the Python reader: weights bit for bit (normal
+inits within one float32 ulp), the tensor table, error exits, and a mutation fuzz run under
+AddressSanitizer and UndefinedBehaviorSanitizer in which both readers must give the same
+verdict.
+
+The binaries are built with the system C compiler (`cc`, or $CC) into a temporary folder.
+Without a compiler the tests are skipped, unless SUPERMASK_REQUIRE_CC=1, when they fail.
+SUPERMASK_NATIVE_FUZZ=N sets the number of fuzz cases (default: as many as fit in about 30 s).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import FIXTURES, REPO
+from supermask import Architecture, InitSpec, Layer, Preprocess, rng, ticket, ticket3
+
+SRC = REPO / "runtime" / "c"
+SOURCES = ["smask.c", "smask_json.c", "smask_rng.c", "smask_inflate.c", "smask_onnx.c", "smask_cli.c"]
+WARN = ["-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror"]
+SAN = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+SCHEMES = list(rng.SCHEMES)
+EXACT_SCHEMES = [s for s in SCHEMES if InitSpec(s).exact]
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC") or "cc"
+    return shutil.which(cc)
+
+
+def _build(out_dir: Path, name: str, flags: list[str]) -> Path:
+    cc = _compiler()
+    if cc is None:
+        if os.environ.get("SUPERMASK_REQUIRE_CC") == "1":
+            pytest.fail("no C compiler (cc or $CC) found and SUPERMASK_REQUIRE_CC=1")
+        pytest.skip("no C compiler (cc or $CC) found; set SUPERMASK_REQUIRE_CC=1 to fail instead")
+    exe = out_dir / name
+    cmd = [cc, *WARN, *flags, "-o", str(exe), *[str(SRC / s) for s in SOURCES], "-lm"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 0, f"build failed: {' '.join(cmd)}\n{p.stderr}"
+    return exe
+
+
+@pytest.fixture(scope="module")
+def build_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("smask-c")
+
+
+@pytest.fixture(scope="module")
+def smask_c(build_dir) -> Path:
+    return _build(build_dir, "smask-c", ["-O2"])
+
+
+@pytest.fixture(scope="module")
+def smask_c_no128(build_dir) -> Path:
+    return _build(build_dir, "smask-c-no128", ["-O2", "-DSMASK_NO_INT128"])
+
+
+@pytest.fixture(scope="module")
+def smask_c_san(build_dir) -> Path:
+    return _build(build_dir, "smask-c-san", SAN)
+
+
+def run(exe: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
+    p = subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=600)
+    if check:
+        assert p.returncode == 0, f"{exe.name} {' '.join(args)} exited {p.returncode}: {p.stderr}"
+    return p
+
+
+def c_digest(exe: Path, path: Path) -> dict[str, str]:
+    out = run(exe, "digest", str(path)).stdout
+    return dict(line.rsplit(" ", 1) for line in out.splitlines())
+
+
+def c_weights(exe: Path, path: Path, tmp: Path) -> np.ndarray:
+    out = tmp / (path.name + ".bin")
+    run(exe, "weights", str(path), str(out))
+    return np.fromfile(out, dtype="<f4")
+
+
+def py_weights(data: bytes) -> dict[str, np.ndarray]:
+    return ticket.decode_ticket(data).weights(verify=True)
+
+
+def sha(w: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(w, dtype="<f4").tobytes()).hexdigest()
+
+
+def ulps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def ordered(x):
+        i = np.asarray(x, dtype=np.float32).view(np.int32).astype(np.int64)
+        return np.where(i < 0, -(i & 0x7FFFFFFF), i)
+
+    return np.abs(ordered(a) - ordered(b))
+
+
+# ------------------------------------------------------------------------------- tickets
+
+
+def small_arch() -> Architecture:
+    """A conv net with every layer type (fans of convolutions differ from linear ones)."""
+    return Architecture(
+        name="native-test",
+        input_shape=(2, 9, 9),
+        layers=(
+            Layer("conv2d", "conv1", {"in": 2, "out": 5, "kernel": 3, "padding": 1, "stride": 1, "bias": True}),
+            Layer("relu"),
+            Layer("maxpool2d", None, {"kernel": 2, "stride": 2}),
+            Layer("conv2d", "conv2", {"in": 5, "out": 4, "kernel": 2, "padding": 0, "stride": 2, "bias": False}),
+            Layer("flatten"),
+            Layer("linear", "fc1", {"in": 16, "out": 33, "bias": True}),
+            Layer("relu"),
+            Layer("linear", "fc2", {"in": 33, "out": 7, "bias": False}),
+        ),
+        classes=tuple(f"c{i}" for i in range(7)),
+        preprocess=Preprocess(1 / 255, (0.1, 0.2), (0.5, 0.25)),
+    )
+
+
+def make_v12(scheme: str, codec: str, version: int, seed: int) -> bytes:
+    arch = small_arch()
+    g = np.random.default_rng(seed)
+    weights = [p for p in arch.params() if p.kind == "weight"]
+    masks = {p.name: g.random(p.shape) < 0.3 for p in weights[:-1]}  # the last one is regenerated
+    masks[weights[0].name][...] = g.random(weights[0].shape) < 0.02  # sparse: entropy pays off
+    multipliers = {weights[0].name: 2.5, weights[-1].name: 0.75} if version == 2 else None
+    data = ticket.encode_ticket(arch, seed, InitSpec(scheme), masks, codec=codec, criterion="test", keep=0.3,
+                                metadata={"note": "native test", "n": 3, "x": 1.5, "ok": True, "none": None},
+                                multipliers=multipliers)
+    assert struct.unpack_from("<H", data, 8)[0] == version
+    return data
+
+
+def make_v3(scheme: str, codec: str, seed: int) -> bytes:
+    base = (FIXTURES / "tiny-v3.smask").read_bytes()
+    t = ticket.decode_ticket(base)
+    section_len = struct.unpack_from("<I", base, 12)[0]
+    raw = ticket3.inflate(base[16:16 + section_len], 16 << 20)
+    graph = raw[4 + struct.unpack_from("<I", raw, 0)[0]:]
+    g = np.random.default_rng(seed)
+    roles = {e.name: e.role for e in t.tensors}
+    masks = {n: g.random(e.shape) < 0.4 for n, e in ((e.name, e) for e in t.tensors) if roles[n] == "masked"}
+    return ticket3.encode_v3(graph, seed=seed, init=InitSpec(scheme), roles=roles, classes=t.classes, masks=masks,
+                             stored=dict(t.stored), multipliers={"conv.weight": 3.0, "out.weight": 0.5}, codec=codec,
+                             criterion="test", keep=0.5, metadata={"note": "native v3"})
+
+
+def check_same_weights(exe: Path, data: bytes, tmp: Path, name: str, normal: bool) -> None:
+    path = tmp / name
+    path.write_bytes(data)
+    ref = py_weights(data)
+    if not normal:
+        assert c_digest(exe, path) == {k: sha(v) for k, v in ref.items()}
+        return
+    flat = np.concatenate([v.reshape(-1) for v in ref.values()])
+    got = c_weights(exe, path, tmp)
+    assert got.shape == flat.shape
+    assert ulps(got, flat).max() <= 1
+    assert (np.signbit(got) == np.signbit(flat)).all()
+    assert ((got == 0) == (flat == 0)).all()  # the masks are exact whatever the math library
+
+
+# ------------------------------------------------------------------------------- tests
+
+
+def test_selftest_known_answers(smask_c, smask_c_no128):
+    assert "selftest ok" in run(smask_c, "selftest").stdout
+    assert "selftest ok" in run(smask_c_no128, "selftest").stdout
+
+
+@pytest.mark.parametrize("name", ["tiny-v1", "tiny-v3"])
+def test_committed_fixtures(smask_c, smask_c_no128, name):
+    path = FIXTURES / f"{name}.smask"
+    expected = json.loads((FIXTURES / f"{name}.json").read_text())["weights_sha256"]
+    assert c_digest(smask_c, path) == expected
+    assert c_digest(smask_c_no128, path) == expected
+    assert {k: sha(v) for k, v in py_weights(path.read_bytes()).items()} == expected
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("codec", ["bitpack", "entropy"])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_v1_v2_every_scheme_and_codec(smask_c, tmp_path, scheme, codec, version):
+    data = make_v12(scheme, codec, version, seed=11 + version)
+    check_same_weights(smask_c, data, tmp_path, f"{scheme}-{codec}-{version}.smask",
+                       normal=not InitSpec(scheme).exact)
+
+
+@pytest.mark.parametrize("codec", ["bitpack", "entropy"])
+@pytest.mark.parametrize("scheme", EXACT_SCHEMES)
+def test_v3_every_exact_scheme_and_codec(smask_c, smask_c_no128, tmp_path, scheme, codec):
+    data = make_v3(scheme, codec, seed=2**64 - 5)
+    check_same_weights(smask_c, data, tmp_path, f"{scheme}-{codec}-v3.smask", normal=False)
+    assert c_digest(smask_c_no128, tmp_path / f"{scheme}-{codec}-v3.smask") == c_digest(
+        smask_c, tmp_path / f"{scheme}-{codec}-v3.smask")
+
+
+def test_golden_init_vectors(smask_c, smask_c_no128, tmp_path):
+    """Every golden_init.json entry (all schemes, four seeds, two tensors) regenerated by the C
+    reader from a ticket whose tensors are all `regenerated`."""
+    golden = json.loads((FIXTURES / "golden_init.json").read_text())
+    archs = {
+        "fc1.weight": Architecture("g-fc", (784,), (Layer("linear", "fc1", {"in": 784, "out": 300, "bias": False}),),
+                                   tuple(str(i) for i in range(300)), Preprocess(1.0, (0.0,), (1.0,))),
+        "conv1.weight": Architecture("g-conv", (3, 3, 3),
+                                     (Layer("conv2d", "conv1", {"in": 3, "out": 64, "kernel": 3, "padding": 0, "stride": 1, "bias": False}),
+                                      Layer("flatten")),
+                                     tuple(str(i) for i in range(64)), Preprocess(1.0, (0.0,) * 3, (1.0,) * 3)),
+    }
+    checked = 0
+    for key, entry in golden.items():
+        scheme, seed, name = key.split("/")
+        path = tmp_path / f"{scheme}-{seed}-{name}.smask"
+        path.write_bytes(ticket.encode_ticket(archs[name], int(seed), InitSpec(scheme), {}))
+        first = np.array([float.fromhex(v) for v in entry["first"]], dtype=np.float32)
+        if InitSpec(scheme).exact:
+            assert c_digest(smask_c, path)[name] == entry["sha256"], key
+            assert c_digest(smask_c_no128, path)[name] == entry["sha256"], key
+        else:
+            got = c_weights(smask_c, path, tmp_path)
+            ref = rng.generate(int(seed), name, archs[name].param(name).shape, "normal",
+                               InitSpec(scheme).scale(archs[name].param(name).fan_in, archs[name].param(name).fan_out))
+            assert ulps(got[:16], first).max() <= 1, key
+            assert ulps(got, ref.reshape(-1)).max() <= 1, key
+        checked += 1
+    assert checked == len(golden) == 48
+
+
+def test_committed_result_tickets(smask_c):
+    """Every ticket committed under docs/ reads the same in C and Python."""
+    listed = subprocess.run(["git", "ls-files", "*.smask"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    found = [REPO / p for p in listed if p.startswith("docs/")]
+    if not found:
+        pytest.skip("no .smask tickets are committed under docs/")
+    for path in found:
+        data = path.read_bytes()
+        t = ticket.decode_ticket(data)
+        if t.init.exact:
+            assert c_digest(smask_c, path) == {k: sha(v) for k, v in t.weights().items()}, path
+
+
+def test_info_lists_the_tensor_table(smask_c, tmp_path):
+    for name, data in (("v1", (FIXTURES / "tiny-v1.smask").read_bytes()), ("v3", (FIXTURES / "tiny-v3.smask").read_bytes()),
+                       ("v2", make_v12("glorot_uniform", "entropy", 2, 5))):
+        path = tmp_path / f"{name}.smask"
+        path.write_bytes(data)
+        t = ticket.decode_ticket(data)
+        lines = run(smask_c, "info", str(path)).stdout.splitlines()
+        assert lines[0] == f"version {t.version}"
+        assert lines[1] == f"seed {t.seed}"
+        assert lines[2] == f"tensors {len(t.tensors)}"
+        for line, e in zip(lines[3:], t.tensors, strict=True):
+            fields = dict(f.split("=", 1) for f in line.split()[1:])
+            assert line.split()[0] == e.name
+            assert fields["role"] == e.role
+            assert fields["shape"] == ("x".join(map(str, e.shape)) or "scalar")
+            assert int(fields["size"]) == e.size
+            kept = e.num_kept if e.role == "masked" else (e.size if e.role == "regenerated" else 0)
+            assert int(fields["kept"]) == kept
+            if e.role == "masked":
+                assert fields["codec"] == e.codec and int(fields["bytes"]) == e.length
+            if e.role in ("masked", "regenerated"):
+                assert float.fromhex(fields["scale"]) == e.scale
+                assert float.fromhex(fields.get("multiplier", "0x1p+0")) == e.multiplier
+
+
+def test_errors_exit_non_zero_with_a_message(smask_c, tmp_path):
+    good = (FIXTURES / "tiny-v1.smask").read_bytes()
+    cases = {
+        "truncated": (good[:100], "truncated"),
+        "empty": (b"", "not a supermask ticket"),
+        "flipped": (good[:50] + bytes([good[50] ^ 4]) + good[51:], "checksum"),
+        "version": (good[:8] + struct.pack("<H", 9) + good[10:], "version 9"),
+    }
+    for name, (data, needle) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        p = run(smask_c, "digest", str(path), check=False)
+        assert p.returncode == 1, name
+        assert needle in p.stderr, (name, p.stderr)
+        assert p.stdout == ""
+    p = run(smask_c, "info", str(tmp_path / "missing.smask"), check=False)
+    assert p.returncode == 2 and "cannot read" in p.stderr
+    p = run(smask_c, "frobnicate", check=False)
+    assert p.returncode == 2
+
+
+def test_every_truncation_and_bit_flip_of_the_fixtures_is_rejected(smask_c, tmp_path):
+    paths = []
+    for name in ("tiny-v1", "tiny-v3"):
+        data = (FIXTURES / f"{name}.smask").read_bytes()
+        for n in range(len(data)):
+            p = tmp_path / f"{name}-cut{n}"
+            p.write_bytes(data[:n])
+            paths.append(p)
+        r = random.Random(7)
+        for k in range(200):
+            i = r.randrange(8 * len(data))
+            p = tmp_path / f"{name}-flip{k}"
+            p.write_bytes(data[:i // 8] + bytes([data[i // 8] ^ (1 << (i % 8))]) + data[i // 8 + 1:])
+            paths.append(p)
+    verdicts = check_many(smask_c, paths)
+    assert len(verdicts) == len(paths)
+    assert all(v.startswith("reject") for v in verdicts.values())
+
+
+# ------------------------------------------------------------------------------- fuzz
+
+
+def check_many(exe: Path, paths: list[Path]) -> dict[str, str]:
+    """Verdict line per file from one `smask-c check` process per batch."""
+    out: dict[str, str] = {}
+    for a in range(0, len(paths), 200):
+        batch = paths[a:a + 200]
+        p = run(exe, "check", *map(str, batch), check=False)
+        assert p.returncode in (0, 2), f"smask-c check crashed (exit {p.returncode}):\n{p.stderr[-4000:]}"
+        assert "runtime error" not in p.stderr and "Sanitizer" not in p.stderr, p.stderr[-4000:]
+        for line in p.stdout.splitlines():
+            verdict, rest = line.split(" ", 1)
+            path = rest.split(": ", 1)[0].split(" ", 1)[-1] if verdict == "reject" else rest
+            out[path] = line
+    return out
+
+
+def fuzz_cases(budget_s: float, max_cases: int | None):
+    """Mutated tickets (bit flips, truncations, splices, header and meaning mutations) with
+    the Python reader's verdict, until the budget or the count runs out."""
+    import fuzzlib
+
+    r = random.Random(20261203)
+    samples = fuzzlib.meaning_samples()
+    families = ("header", "splice", "flips", "resigned-flips", "truncate-resigned", "meaning")
+    start, i = time.perf_counter(), 0
+    while (max_cases is None and time.perf_counter() - start < budget_s) or (max_cases is not None and i < max_cases):
+        data = samples[i % len(samples)]
+        family = families[i % len(families)]
+        if family == "header":
+            m = fuzzlib.mutate_header(data, r) if struct.unpack_from("<H", data, 8)[0] != 3 else fuzzlib.flip_bits(data, r, 3)
+        elif family == "splice":
+            m = fuzzlib.splice(data, r.choice(samples), r)
+        elif family == "flips":
+            m = fuzzlib.flip_bits(data, r, r.randint(1, 16))
+        elif family == "resigned-flips":
+            m = fuzzlib.resign(fuzzlib.flip_bits(data[:-32], r, r.randint(1, 4)))
+        elif family == "truncate-resigned":
+            m = fuzzlib.resign(data[: r.randrange(len(data) - 32)])
+        else:
+            try:
+                m = fuzzlib.mutate_meaning(data, r)
+            except Exception:  # a mutation the helper cannot build (e.g. without onnx): skip it
+                i += 1
+                continue
+        yield family, m, fuzzlib.outcome(m)
+        i += 1
+
+
+def test_fuzz_same_verdicts_under_sanitizers(smask_c_san, tmp_path):
+    env_cases = os.environ.get("SUPERMASK_NATIVE_FUZZ")
+    cases = list(fuzz_cases(budget_s=30.0, max_cases=int(env_cases) if env_cases else None))
+    paths = []
+    for k, (family, data, _) in enumerate(cases):
+        p = tmp_path / f"case{k:06d}-{family}"
+        p.write_bytes(data)
+        paths.append(p)
+    verdicts = check_many(smask_c_san, paths)
+    assert len(verdicts) == len(paths)
+    c_accepts_py_rejects, py_accepts_c_rejects = [], []
+    for p, (family, data, outcome) in zip(paths, cases):
+        c_ok = verdicts[str(p)].startswith("ok ")
+        if c_ok and outcome != "ok":
+            c_accepts_py_rejects.append((p.name, outcome))
+        if outcome == "ok" and not c_ok:
+            py_accepts_c_rejects.append((p.name, verdicts[str(p)]))
+    summary = {"cases": len(cases), "python_ok": sum(o == "ok" for _, _, o in cases),
+               "c_ok": sum(v.startswith("ok ") for v in verdicts.values())}
+    print(f"native fuzz: {summary}")
+    assert summary["cases"] >= 100
+    assert not c_accepts_py_rejects, c_accepts_py_rejects[:10]
+    assert not py_accepts_c_rejects, py_accepts_c_rejects[:10]
