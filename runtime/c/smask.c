@@ -1255,27 +1255,22 @@ int smask_verify(const smask_ticket *tk, smask_error *err) {
         smask_sha_init(&c);
         npp = t->size <= 8 ? t->size : 8;
         for (k = 0; k < npp; k++) ppos[k] = t->size <= 8 ? k : (k * t->size) / 8;
-        for (a = 0; a < t->size; a += CHUNK) {
-            size_t n = (size_t)(t->size - a < CHUNK ? t->size - a : CHUNK);
-            smask_generate(tk->seed, t->name, t->name_len, t->dist, t->scale, a, buf, n);
-            if (tk->version == 3) {
-                put_le_floats(&all, buf, n);
-            } else if (t->dist != SMASK_DIST_NORMAL) {
-                put_le_floats(&c, buf, n);
-            } else {
-                uint8_t signs[CHUNK / 8];
-                size_t j;
-                memset(signs, 0, sizeof signs);
-                for (j = 0; j < n; j++) {
-                    uint32_t b;
-                    memcpy(&b, &buf[j], 4);
-                    if (b >> 31) signs[j >> 3] |= (uint8_t)(1u << (j & 7));
-                }
+        if (tk->version != 3 && t->dist == SMASK_DIST_NORMAL) {
+            /* the sign digest needs only the top bits of the generator words; the probes
+               need eight values */
+            uint8_t signs[CHUNK / 8];
+            for (a = 0; a < t->size; a += CHUNK) {
+                size_t n = (size_t)(t->size - a < CHUNK ? t->size - a : CHUNK);
+                smask_sign_bits(tk->seed, t->name, t->name_len, a, signs, n);
                 smask_sha_update(&c, signs, (n + 7) / 8);
-                while (pi < npp && ppos[pi] < a + n) {
-                    probes[pi] = buf[ppos[pi] - a];
-                    pi++;
-                }
+            }
+            for (pi = 0; pi < npp; pi++)
+                smask_generate(tk->seed, t->name, t->name_len, t->dist, t->scale, ppos[pi], &probes[pi], 1);
+        } else {
+            for (a = 0; a < t->size; a += CHUNK) {
+                size_t n = (size_t)(t->size - a < CHUNK ? t->size - a : CHUNK);
+                smask_generate(tk->seed, t->name, t->name_len, t->dist, t->scale, a, buf, n);
+                put_le_floats(tk->version == 3 ? &all : &c, buf, n);
             }
         }
         if (tk->version == 3) continue;

@@ -53,6 +53,11 @@ typedef struct {
 int smask_vet_graph(const uint8_t *g, size_t len, smask_pool *pool, smask_graph_info *info,
                     smask_error *err);
 
+/* Sign bits of elements [start, start + n) of a tensor (bit j of the output: element start + j),
+ * packed least significant bit first: every distribution takes its sign from h_j's top bit
+ * (for normal inits m = 0 only gives -0.0, whose sign bit is set too). */
+void smask_sign_bits(uint64_t seed, const char *name, size_t name_len, uint64_t start, uint8_t *bits, uint64_t n);
+
 int smask_fail(smask_error *err, int code, const char *fmt, ...);
 int smask_utf8_valid(const uint8_t *p, size_t n);
 

@@ -214,3 +214,30 @@ void smask_generate(uint64_t seed, const char *name, size_t name_len, int dist, 
         for (j = 0; j < n; j++) dst[j] = 0.0f;
     }
 }
+
+void smask_sign_bits(uint64_t seed, const char *name, size_t name_len, uint64_t start, uint8_t *bits, uint64_t n) {
+    stream s;
+    uint64_t j = 0;
+    s.key[0] = seed;
+    s.key[1] = smask_tensor_key(name, name_len);
+    s.block = 0;
+    memset(bits, 0, (size_t)((n + 7) / 8));
+    while (j < n) {
+        uint64_t e = start + j;
+        if ((e & 7) == 0 && (j & 7) == 0 && n - j >= 8) {
+            /* a whole block: eight sign bits from the four words' two halves */
+            uint64_t ctr[4], w[4];
+            uint8_t byte = 0;
+            int k;
+            ctr[0] = (e >> 3) + 1; ctr[1] = 0; ctr[2] = 0; ctr[3] = 0;
+            smask_philox4x64_10(ctr, s.key, w);
+            for (k = 0; k < 4; k++)
+                byte |= (uint8_t)((((w[k] >> 31) & 1) << (2 * k)) | (((w[k] >> 63) & 1) << (2 * k + 1)));
+            bits[j >> 3] = byte;
+            j += 8;
+        } else {
+            if (stream_half(&s, e) >> 31) bits[j >> 3] |= (uint8_t)(1u << (j & 7));
+            j++;
+        }
+    }
+}
