@@ -391,3 +391,171 @@ def test_fuzz_same_verdicts_under_sanitizers(smask_c_san, tmp_path):
     assert summary["cases"] >= 100
     assert not c_accepts_py_rejects, c_accepts_py_rejects[:10]
     assert not py_accepts_c_rejects, py_accepts_c_rejects[:10]
+
+
+# ------------------------------------------------------------------------------- edge cases
+
+V1_HEADER_EDITS = [
+    ('"seed":42', '"seed":42.0'), ('"seed":42', '"seed":-0'), ('"seed":42', '"seed":18446744073709551615'),
+    ('"seed":42', '"seed":18446744073709551616'), ('"version":1}', '"version":true}'), ('"version":1}', '"version":1.0}'),
+    ('"version":1}', '"version":10e-1}'), ('"version":1}', '"version":2}'),
+    ('"shape":[12,16]', '"shape":[12.0,16]'), ('"shape":[12,16]', '"shape":[1.2e1,16]'), ('"shape":[12,16]', '"shape":[true,16]'),
+    ('{"type":"relu"}', '{"type":"relu","name":null}', ), ('{"type":"relu"}', '{"type":"relu","name":"x"}'),
+    ('"bias":true,"in":16', '"bias":null,"in":16'), ('"bias":true,"in":16', '"in":16'),
+    ('"metadata":{"note":"format fixture, version 1"}', '"metadata":null'),
+    ('"metadata":{"note":"format fixture, version 1"}', '"metadata":{"a":1e400}'),
+    ('"metadata":{"note":"format fixture, version 1"}', '"metadata":{"a":' + '9'*4300 + '}'),
+    ('"metadata":{"note":"format fixture, version 1"}', '"metadata":{"a":' + '9'*4301 + '}'),
+    ('"metadata":{"note":"format fixture, version 1"}', '"metadata":{"a":-1e-400}'),
+    ('"metadata":{"note":"format fixture, version 1"}', '"metadata":{"a":"\\ud800"}'),
+    ('"metadata":{"note":"format fixture, version 1"}', '"metadata":{"a":"\\ud83d\\ude00","\\u0061":1}'),
+    ('"metadata":{"note":"format fixture, version 1"}', '"metadata":{"a":"x","\\u0061":1}'),
+    ('"metadata":{"note":"format fixture, version 1"}', '"metadata":{"' + 'é'*64 + '":1}'),
+    ('"metadata":{"note":"format fixture, version 1"}', '"metadata":{"' + 'é'*65 + '":1}'),
+    ('"metadata":{"note":"format fixture, version 1"}', '"metadata":{"a":"' + '😀'*1024 + '"}'),
+    ('"metadata":{"note":"format fixture, version 1"}', '"metadata":{"a":"' + '😀'*1025 + '"}'),
+    ('"metadata":{"note":"format fixture, version 1"}', '"metadata":{"a":"\\u0000"}'),
+    ('"metadata":{"note":"format fixture, version 1"}', '"metadata":{"a":"\x7f"}'),
+    ('"metadata":{"note":"format fixture, version 1"}', '"metadata":{"a":"\x1f"}'),
+    ('"metadata":{"note":"format fixture, version 1"}', '"metadata":{"a":[]}'),
+    ('"keep":0.3', '"keep":1'), ('"keep":0.3', '"keep":true'), ('"keep":0.3', '"keep":0'), ('"keep":0.3', '"keep":1.0000000000000001'),
+    ('"keep":0.3', '"keep":1e-400'), ('"keep":0.3', '"keep":NaN'), ('"keep":0.3', '"keep":Infinity'),
+    ('"criterion":"large_final_same_sign"', '"criterion":""'), ('"criterion":"large_final_same_sign"', '"criterion":null'),
+    ('"gain_sq":2.0', '"gain_sq":2'), ('"gain_sq":2.0', '"gain_sq":true'), ('"gain_sq":2.0', '"gain_sq":"2"'),
+    ('"scale":"0x1.3988e20000000p-1"', '"scale":" 0x1.3988e2p-1 "'), ('"scale":"0x1.3988e20000000p-1"', '"scale":"1.3988e2p-1"'),
+    ('"scale":"0x1.3988e20000000p-1"', '"scale":"0X1.3988E2P-1"'), ('"scale":"0x1.3988e20000000p-1"', '"scale":"0x9.cc471p-4"'),
+    ('"scale":"0x1.3988e20000000p-1"', '"scale":"0x1.3988e2000000000000000000000000000000000000000000000001p-1"'),
+    ('"scale":"0x1.3988e20000000p-1"', '"scale":"+0x1.3988e2p-1"'), ('"scale":"0x1.3988e20000000p-1"', '"scale":"0x1.3988e2p-1\\n"'),
+    ('"scale":"0x1.3988e20000000p-1"', '"scale":"0x1.3988e2p-1\\u0000"'), ('"scale":"0x1.3988e20000000p-1"', '"scale":"0x0.9cc471p+0"'),
+    ('"scale":"0x1.3988e20000000p-1"', '"scale":"0x.9cc471p0"'), ('"scale":"0x1.3988e20000000p-1"', '"scale":"0x1.3988e2p-1p"'),
+    ('"sha256":"54168a4bc4b54b02"', '"sha256":"54168A4BC4B54B02"'), ('"sha256":"54168a4bc4b54b02"', '"sha256":"54168a4bc4b54b0é"'),
+    ('"name":"tiny-mlp"', '"name":"' + 'x'*128 + '"'), ('"name":"tiny-mlp"', '"name":"' + 'x'*129 + '"'),
+    ('"name":"tiny-mlp"', '"name":""'), ('"classes":["zero","one","two"]', '"classes":["zero","one",""]'),
+    ('"name":"fc2"', '"name":"fc1"'), ('"name":"fc2"', '"name":"2fc"'), ('"in":16', '"in":16.0'),
+    ('"std":[0.25]', '"std":[1e-46]'), ('"std":[0.25]', '"std":[1e-45]'), ('"std":[0.25]', '"std":[-0.0]'), ('"scale":0.00392156862745098', '"scale":3.5e38'),
+    ('"scale":0.00392156862745098', '"scale":3.4028235e38'), ('"scale":0.00392156862745098', '"scale":3.40282356779733661637539395458142568448e38'),
+    ('"mean":[0.5]', '"mean":[true]'), ('"input_shape":[1,4,4]', '"input_shape":[1,4,4.0]'),
+    ('{"architecture"', ' \n{"architecture"'), ('{"architecture"', '\ufeff{"architecture"'),
+    ('"num_kept":21', '"num_kept":21.0'), ('"offset":0', '"offset":-0'), ('"length":20', '"length":20.0'),
+    ('"codec":"bitpack"', '"codec":"Bitpack"'), ('"role":"zero","shape":[12]', '"role":"zero","shape":[12],"multiplier":"0x1p1"'),
+
+]
+V2_MULTIPLIERS = ['0x1.4p+1', '0x1p+0', '0x1.000001p+0', '0x1p-149', '0x1p-150', '0x1.fffffep+127', '0x1.ffffffp+127', ' 0x1.8p1', '0x1.8p1 ', '0x' + '0'*40 + '1p0', 'inf', '-0x1p1', '0x1.8P1', '3']
+
+
+def same_verdicts(exe: Path, tmp: Path, cases: dict[str, bytes]) -> dict[str, tuple[str, str]]:
+    """{case: (python outcome, C verdict line)}; asserts that both accept or both reject."""
+    import fuzzlib
+
+    paths = {}
+    for k, (name, data) in enumerate(cases.items()):
+        p = tmp / f"edge{k:04d}"
+        p.write_bytes(data)
+        paths[str(p)] = (name, fuzzlib.outcome(data))
+    verdicts = check_many(exe, [Path(p) for p in paths])
+    out, mismatches = {}, []
+    for p, (name, py) in paths.items():
+        line = verdicts[p]
+        out[name] = (py, line)
+        if line.startswith("ok ") != (py == "ok"):
+            mismatches.append((name, py, line))
+    assert not mismatches, mismatches
+    return out
+
+
+def test_header_edge_cases_same_verdict(smask_c, tmp_path):
+    """JSON and field corner cases (escapes, surrogates, big integers, floats where integers
+    are expected, hex-float spellings, float32 limits) get the Python reader's verdict."""
+    import fuzzlib
+
+    base = (FIXTURES / "tiny-v1.smask").read_bytes()
+    hlen = struct.unpack_from("<I", base, 12)[0]
+    text, payload = base[16:16 + hlen].decode(), base[16 + hlen:-32]
+
+    def make(t: str, version: int = 1) -> bytes:
+        raw = t.encode("utf-8", "surrogatepass")
+        return fuzzlib.resign(ticket.MAGIC + struct.pack("<HHI", version, 0, len(raw)) + raw + payload)
+
+    cases = {}
+    for old, new in V1_HEADER_EDITS:
+        assert old in text, old
+        cases[f"{old} -> {new[:60]}"] = make(text.replace(old, new, 1))
+    cases["trailing whitespace"] = make(text + " \t\r\n")
+    cases["extra data"] = make(text + " 1")
+    cases["version 2 without a multiplier"] = make(text, 2)
+    for m in V2_MULTIPLIERS:
+        t = text.replace('"name":"fc2.weight","role":"regenerated"',
+                         '"multiplier":"%s","name":"fc2.weight","role":"regenerated"' % m)
+        cases[f"multiplier {m!r}"] = make(t, 2)
+    out = same_verdicts(smask_c, tmp_path, cases)
+    accepted = sum(py == "ok" for py, _ in out.values())
+    assert 10 < accepted < len(out) - 10  # both kinds of verdict are exercised
+
+
+def test_graph_edge_cases_same_verdict(smask_c, tmp_path):
+    """Version-3 graphs changed with the onnx package (operators, domains, placeholders,
+    external data, wire-format damage) get the Python reader's verdict."""
+    onnx = pytest.importorskip("onnx")
+    import copy
+
+    import fuzzlib
+    from onnx import TensorProto, helper
+
+    header, graph, payload = fuzzlib.split_v3((FIXTURES / "tiny-v3.smask").read_bytes())
+    m0 = onnx.load_from_string(graph)
+
+    def ph(m, name):
+        return [t for t in m.graph.initializer if t.name == name][0]
+
+    V = {
+     'same': lambda m: None,
+     'docstring': lambda m: setattr(m, 'doc_string', 'hello'),
+     'bad-utf8-doc': lambda m: m.SerializeToString() + b'\x32\x02\xff\xfe',  # a producer_name that is not UTF-8 (never decoded)
+     'unknown-field': lambda m: m.SerializeToString() + b'\xf8\x01\x01',  # field 31 varint
+     'opset-dup': lambda m: m.opset_import.append(helper.make_opsetid('', 13)),
+     'opset-ms': lambda m: m.opset_import.append(helper.make_opsetid('com.microsoft', 1)),
+     'opset-aionnx': lambda m: m.opset_import.append(helper.make_opsetid('ai.onnx', 13)),
+     'node-loop': lambda m: m.graph.node.append(helper.make_node('Loop', ['input'], ['zz'])),
+     'node-domain': lambda m: m.graph.node.append(helper.make_node('Relu', ['input'], ['zz'], domain='ai.onnx')),
+     'node-domain-bad': lambda m: m.graph.node.append(helper.make_node('Relu', ['input'], ['zz'], domain='x')),
+     'ph-location': lambda m: setattr(ph(m, 'out.weight').external_data[0], 'value', 'file.bin'),
+     'ph-type': lambda m: setattr(ph(m, 'out.weight'), 'data_type', TensorProto.DOUBLE),
+     'ph-negdim': lambda m: ph(m, 'out.weight').dims.__setitem__(0, -3),
+     'ph-ext-extra': lambda m: ph(m, 'out.weight').external_data.append(onnx.StringStringEntryProto(key='offset', value='0')),
+     'ph-ext-dup': lambda m: ph(m, 'out.weight').external_data.append(onnx.StringStringEntryProto(key='location', value='supermask:tensor')),
+     'ph-ext-badkey': lambda m: ph(m, 'out.weight').external_data.append(onnx.StringStringEntryProto(key='foo', value='1')),
+     'ph-embedded': lambda m: setattr(ph(m, 'out.weight'), 'raw_data', b'\0\0\0\0'),
+     'const-init': lambda m: m.graph.initializer.append(helper.make_tensor('c1', TensorProto.FLOAT, [2], [1.0, 2.0])),
+     'const-dup': lambda m: m.graph.initializer.append(helper.make_tensor('out.weight', TensorProto.FLOAT, [2], [1.0, 2.0])),
+     'const-input': lambda m: m.graph.initializer.append(helper.make_tensor('input', TensorProto.FLOAT, [2], [1.0, 2.0])),
+     'sparse': lambda m: m.graph.sparse_initializer.append(onnx.SparseTensorProto()),
+     'input2': lambda m: m.graph.input.append(helper.make_tensor_value_info('x2', TensorProto.FLOAT, [1])),
+     'output-param': lambda m: m.graph.output[0].type.tensor_type.shape.dim[1].__setattr__('dim_param', 'K'),
+     'output-4': lambda m: m.graph.output[0].type.tensor_type.shape.dim[1].__setattr__('dim_value', 4),
+     'input-batch-fixed': lambda m: m.graph.input[0].type.tensor_type.shape.dim[0].__setattr__('dim_value', 5),
+     'input-big': lambda m: m.graph.input[0].type.tensor_type.shape.dim[2].__setattr__('dim_value', (1 << 20) + 1),
+     'input-double': lambda m: setattr(m.graph.input[0].type.tensor_type, 'elem_type', TensorProto.DOUBLE),
+     'training': lambda m: m.training_info.append(onnx.TrainingInfoProto()),
+     'functions': lambda m: m.functions.append(onnx.FunctionProto()),
+     'metadata': lambda m: m.metadata_props.append(onnx.StringStringEntryProto(key='a', value='b')),
+     'no-graph': lambda m: m.ClearField('graph'),
+     'valueinfo': lambda m: m.graph.value_info.append(helper.make_tensor_value_info('v', TensorProto.FLOAT, ['a', 3])),
+     'valueinfo-badutf8': lambda m: (m.graph.value_info.append(helper.make_tensor_value_info('v', TensorProto.FLOAT, [3])), m.SerializeToString().replace(b'\x0a\x01v', b'\x0a\x01\xff'))[1],
+     'attr-tensor': lambda m: m.graph.node[0].attribute.append(helper.make_attribute('t', helper.make_tensor('q', 1, [1], [1.0]))),
+     'truncated': lambda m: m.SerializeToString()[:-3],
+     'trailing-zero': lambda m: m.SerializeToString() + b'\x00',
+     'varint10': lambda m: m.SerializeToString() + b'\x08\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01',
+     'varint11': lambda m: m.SerializeToString() + b'\x28\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x00',
+     'varint-ovf': lambda m: m.SerializeToString() + b'\x28\xff\xff\xff\xff\xff\xff\xff\xff\xff\x02',
+     'ir-dup': lambda m: m.SerializeToString() + b'\x08\x07',
+     'wire-mismatch': lambda m: m.SerializeToString() + b'\x29' + b'\0'*8,
+     'group': lambda m: m.SerializeToString() + b'\x2b',
+     'field0': lambda m: m.SerializeToString() + b'\x00\x00',
+    }
+    cases = {}
+    for name, edit in V.items():
+        m = copy.deepcopy(m0)
+        r = edit(m)
+        cases[name] = fuzzlib.join_v3(header, r if isinstance(r, bytes) else m.SerializeToString(), payload)
+    out = same_verdicts(smask_c, tmp_path, cases)
+    assert out["same"][0] == "ok" and out["node-loop"][0] != "ok" and out["valueinfo-badutf8"][0] != "ok"
