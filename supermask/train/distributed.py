@@ -132,6 +132,8 @@ def joined(device: str) -> Iterator[tuple[Group, str]]:
     finally:
         _current = previous
         if made and ok:
+            # every rank leaves together: gloo aborts a process whose peer is gone mid-teardown
+            _collective("the end of the run", dist.barrier)
             dist.destroy_process_group()
         # after a failure the group is left to the process's exit: tearing it down could wait on a
         # dead peer
