@@ -559,3 +559,36 @@ def test_graph_edge_cases_same_verdict(smask_c, tmp_path):
         cases[name] = fuzzlib.join_v3(header, r if isinstance(r, bytes) else m.SerializeToString(), payload)
     out = same_verdicts(smask_c, tmp_path, cases)
     assert out["same"][0] == "ok" and out["node-loop"][0] != "ok" and out["valueinfo-badutf8"][0] != "ok"
+
+
+# ------------------------------------------------------------------------------- streaming run
+
+
+@pytest.mark.parametrize("scheme,codec,version", [("kaiming_uniform", "entropy", 1), ("glorot_normal", "bitpack", 2),
+                                                  ("signed_kaiming_constant", "entropy", 2), ("fixture", "", 1)])
+def test_streaming_run_matches_the_python_runtime(smask_c, tmp_path, scheme, codec, version):
+    """`smask-c run` regenerates weights row by row while it computes; its logits agree with
+    onnxruntime's (different summation order: a relative tolerance) and pick the same classes."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import supermask.runtime as smr
+
+    data = (FIXTURES / "tiny-v1.smask").read_bytes() if scheme == "fixture" else make_v12(scheme, codec, version, 3)
+    (tmp_path / "t.smask").write_bytes(data)
+    t = ticket.decode_ticket(data)
+    x = np.random.default_rng(1).integers(0, 256, size=(6,) + tuple(t.input_shape)).astype(np.float32)
+    x.astype("<f4").tofile(tmp_path / "x.bin")
+    out = run(smask_c, "run", str(tmp_path / "t.smask"), str(tmp_path / "x.bin")).stdout
+    got = np.array([[float.fromhex(v) for v in line.split()] for line in out.splitlines()], dtype=np.float32)
+    ref = smr.load(t, "cpu").logits(x)
+    assert got.shape == ref.shape == (6, len(t.classes))
+    assert np.abs(got - ref).max() <= 1e-5 * max(1.0, float(np.abs(ref).max()))
+    assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+def test_run_refuses_version_3_and_bad_inputs(smask_c, tmp_path):
+    (tmp_path / "x.bin").write_bytes(b"\0" * 12)
+    p = run(smask_c, "run", str(FIXTURES / "tiny-v3.smask"), str(tmp_path / "x.bin"), check=False)
+    assert p.returncode == 1 and "version 1 or 2" in p.stderr
+    p = run(smask_c, "run", str(FIXTURES / "tiny-v1.smask"), str(tmp_path / "x.bin"), check=False)
+    assert p.returncode == 2 and "not a whole number of inputs" in p.stderr

@@ -36,8 +36,23 @@ typedef struct {
     float probe_val[64];
 } tensor;
 
+typedef struct {
+    int type; /* 0 linear, 1 conv2d, 2 relu, 3 maxpool2d, 4 flatten */
+    uint64_t in, out, k, pad, stride;
+    int bias;
+    size_t weight, bias_index; /* tensor indices */
+} layer;
+
 struct smask_ticket {
     smask_pool pool;
+    /* versions 1 and 2: the network (2.1) */
+    layer *layers;
+    size_t nlayers;
+    uint64_t input_shape[3];
+    size_t input_ndim;
+    float pre_scale, *pre_mean, *pre_std;
+    size_t channels;
+    uint64_t nclasses;
     int version;
     uint64_t seed;
     int dist;
@@ -459,7 +474,7 @@ static int pre_num(hctx *h, int i, double *out) {
     return 1;
 }
 
-static int parse_arch(hctx *h, int a, param *params, size_t *nparams, smask_pool *pool) {
+static int parse_arch(hctx *h, int a, param *params, size_t *nparams, smask_pool *pool, smask_ticket *tk) {
     static const char *const keys[] = {"name", "input_shape", "preprocess", "layers", "classes", NULL};
     static const char *const pkeys[] = {"scale", "mean", "std", NULL};
     int nm, sh, cl, ly, pp;
@@ -507,6 +522,18 @@ static int parse_arch(hctx *h, int a, param *params, size_t *nparams, smask_pool
         for (c = JFIRST(h->d, sd); c; c = JNEXT(h->d, c))
             if (!pre_num(h, (int)c - 1, &v) || !(v > 0) || !((float)v > 0))
                 return bad(h, "bad header: preprocess std is not a finite positive float32 value%s", "");
+        tk->pre_mean = (float *)smask_pool_get(&tk->pool, (size_t)channels * sizeof(float));
+        tk->pre_std = (float *)smask_pool_get(&tk->pool, (size_t)channels * sizeof(float));
+        tk->layers = (layer *)smask_pool_get(&tk->pool, (size_t)nlayers * sizeof(layer));
+        if (!tk->pre_mean || !tk->pre_std || !tk->layers) return smask_fail(h->err, SMASK_ERR_NOMEM, "out of memory");
+        tk->pre_scale = (float)smask_json_double(h->d, (uint32_t)sc);
+        for (i = 0, c = JFIRST(h->d, mn); c; c = JNEXT(h->d, c), i++) tk->pre_mean[i] = (float)smask_json_double(h->d, c - 1);
+        for (i = 0, c = JFIRST(h->d, sd); c; c = JNEXT(h->d, c), i++) tk->pre_std[i] = (float)smask_json_double(h->d, c - 1);
+        tk->channels = (size_t)channels;
+        tk->input_ndim = (size_t)nshape;
+        for (i = 0; i < nshape; i++) tk->input_shape[i] = shape[i];
+        tk->nclasses = N(h, cl)->count;
+        tk->nlayers = (size_t)nlayers;
     }
     /* layers and the parameter list (2.1) */
     seen = (const char **)smask_pool_get(pool, (size_t)nlayers * sizeof(char *));
@@ -527,6 +554,8 @@ static int parse_arch(hctx *h, int a, param *params, size_t *nparams, smask_pool
                 if (smask_json_str_eq(h->d, (uint32_t)ty, types[q])) t = q;
             if (t < 0) return bad(h, "bad header: unknown layer type%s", "");
             type = types[t];
+            memset(&tk->layers[li], 0, sizeof(layer));
+            tk->layers[li].type = t;
             /* unknown fields */
             for (m = JFIRST(h->d, L); m; m = JNEXT(h->d, m)) {
                 const jnode *f = &h->d->nodes[m - 1];
@@ -572,6 +601,9 @@ static int parse_arch(hctx *h, int a, param *params, size_t *nparams, smask_pool
                     return SMASK_ERR_FORMAT;
                 if (arch_bias(h, L, &bias)) return SMASK_ERR_FORMAT;
                 rf = kk * kk;
+                tk->layers[li].in = in; tk->layers[li].out = out; tk->layers[li].k = kk;
+                tk->layers[li].pad = pad; tk->layers[li].stride = stride; tk->layers[li].bias = bias;
+                tk->layers[li].weight = np; tk->layers[li].bias_index = np + 1;
                 if (t == 0) {
                     if (ncur != 1 || cur[0] != in)
                         return smask_fail(h->err, SMASK_ERR_FORMAT, "bad header: layer %d (linear) does not fit its input", li);
@@ -627,6 +659,8 @@ static int parse_arch(hctx *h, int a, param *params, size_t *nparams, smask_pool
                 int64_t hh, ww;
                 if (arch_int(h, L, "kernel", 1, 64, 0, 0, &kk)) return SMASK_ERR_FORMAT;
                 if (arch_int(h, L, "stride", 1, 64, 1, kk, &stride)) return SMASK_ERR_FORMAT;
+                tk->layers[li].k = kk;
+                tk->layers[li].stride = stride;
                 if (ncur != 3) return smask_fail(h->err, SMASK_ERR_FORMAT, "bad header: layer %d (maxpool2d) needs a (C, H, W) input", li);
                 hh = (int64_t)cur[1] - (int64_t)kk;
                 ww = (int64_t)cur[2] - (int64_t)kk;
@@ -736,7 +770,7 @@ static int parse_v12(smask_ticket *tk, const uint8_t *buf, size_t len, uint32_t 
     }
     params = (param *)smask_pool_get(tmp, (2 * MAX_LAYERS + 2) * sizeof(param));
     if (!params) return smask_fail(err, SMASK_ERR_NOMEM, "out of memory");
-    if (parse_arch(&h, smask_json_get(&d, (uint32_t)root, "architecture"), params, &np, tmp)) return err ? err->code : SMASK_ERR_FORMAT;
+    if (parse_arch(&h, smask_json_get(&d, (uint32_t)root, "architecture"), params, &np, tmp, tk)) return err ? err->code : SMASK_ERR_FORMAT;
     if (parse_init(&h, smask_json_get(&d, (uint32_t)root, "init"), &dist, &glorot, &gain)) return err ? err->code : SMASK_ERR_FORMAT;
     if (!int_in(&h, smask_json_get(&d, (uint32_t)root, "seed"), 0, UINT64_MAX, &tk->seed))
         return smask_fail(err, SMASK_ERR_FORMAT, "seed must be an integer in [0, 2^64 - 1]");
@@ -1306,5 +1340,194 @@ int smask_verify(const smask_ticket *tk, smask_error *err) {
             return smask_fail(err, SMASK_ERR_VERIFY, "the regenerated weights do not match the ticket's fingerprint %s (got %s)",
                               tk->fingerprint, hex);
     }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ streaming inference */
+
+/* A tensor's weights, made in order a piece at a time (the entropy decoder keeps its state). */
+typedef struct {
+    const tensor *t;
+    uint64_t pos;
+    rans r;
+} wstream;
+
+static int ws_init(const smask_ticket *tk, wstream *w, size_t idx, smask_error *err) {
+    w->t = &tk->t[idx];
+    w->pos = 0;
+    if (w->t->role == SMASK_ROLE_MASKED && w->t->codec == 1)
+        return rans_init(&w->r, w->t->payload, w->t->length, err);
+    if ((w->t->role == SMASK_ROLE_MASKED || w->t->role == SMASK_ROLE_REGENERATED) && !scale_ok(w->t))
+        return smask_fail(err, SMASK_ERR_FORMAT, "tensor '%s': scale is outside (2**-60, 2**60)", w->t->name);
+    return 0;
+}
+
+static void ws_next(const smask_ticket *tk, wstream *w, float *dst, uint64_t n) {
+    const tensor *t = w->t;
+    uint64_t j;
+    if (t->role == SMASK_ROLE_ZERO) {
+        for (j = 0; j < n; j++) dst[j] = 0.0f;
+    } else {
+        smask_generate(tk->seed, t->name, t->name_len, t->dist, t->scale, w->pos, dst, n);
+        if (t->role == SMASK_ROLE_MASKED) {
+            for (j = 0; j < n; j++) {
+                int bit;
+                if (t->codec == 0) {
+                    uint64_t e = w->pos + j;
+                    bit = (t->payload[e >> 3] >> (e & 7)) & 1;
+                } else {
+                    bit = (w->r.state == 0 && w->r.m == 0) ? 0 : rans_bit(&w->r);
+                }
+                if (!bit) dst[j] = 0.0f;
+            }
+        }
+        if (t->multiplier != 1.0f)
+            for (j = 0; j < n; j++) dst[j] = dst[j] * t->multiplier;
+        for (j = 0; j < n; j++) dst[j] = dst[j] + 0.0f;
+    }
+    w->pos += n;
+}
+
+static uint64_t elems(const uint64_t *s, size_t n) {
+    uint64_t p = 1;
+    size_t i;
+    for (i = 0; i < n; i++) p *= s[i];
+    return p;
+}
+
+uint64_t smask_input_size(const smask_ticket *t) { return t && t->layers ? elems(t->input_shape, t->input_ndim) : 0; }
+uint64_t smask_num_classes(const smask_ticket *t) { return t && t->layers ? t->nclasses : 0; }
+
+/* Walk the layer shapes: the largest activation and the largest weight row. */
+static void run_sizes(const smask_ticket *tk, uint64_t *max_act, uint64_t *max_row) {
+    uint64_t s[3], a;
+    size_t n = tk->input_ndim, i;
+    memcpy(s, tk->input_shape, sizeof s);
+    *max_act = elems(s, n);
+    *max_row = 1;
+    for (i = 0; i < tk->nlayers; i++) {
+        const layer *L = &tk->layers[i];
+        if (L->type == 4) { s[0] = elems(s, n); n = 1; }
+        else if (L->type == 0) { if (L->in > *max_row) *max_row = L->in; s[0] = L->out; }
+        else if (L->type == 1) {
+            if (L->in * L->k * L->k > *max_row) *max_row = L->in * L->k * L->k;
+            s[1] = (s[1] + 2 * L->pad - L->k) / L->stride + 1;
+            s[2] = (s[2] + 2 * L->pad - L->k) / L->stride + 1;
+            s[0] = L->out;
+        } else if (L->type == 3) {
+            s[1] = (s[1] - L->k) / L->stride + 1;
+            s[2] = (s[2] - L->k) / L->stride + 1;
+        }
+        a = elems(s, n);
+        if (a > *max_act) *max_act = a;
+    }
+}
+
+uint64_t smask_run_scratch(const smask_ticket *tk, uint64_t batch) {
+    uint64_t act, row;
+    if (!tk || !tk->layers) return 0;
+    run_sizes(tk, &act, &row);
+    return 2 * batch * act + row + act;
+}
+
+int smask_run(const smask_ticket *tk, const float *input, uint64_t batch, float *logits, float *scratch,
+              uint64_t scratch_len, smask_error *err) {
+    uint64_t act, row, s[3], b, j, inner;
+    size_t n, i;
+    float *x, *y, *w, *bias;
+    if (!tk || !tk->layers)
+        return smask_fail(err, SMASK_ERR_ARGUMENT, "smask_run runs version 1 and 2 tickets (the layer list); version 3 carries an ONNX graph");
+    run_sizes(tk, &act, &row);
+    if (scratch_len < 2 * batch * act + row + act) return smask_fail(err, SMASK_ERR_ARGUMENT, "scratch buffer too small");
+    x = scratch;
+    y = scratch + batch * act;
+    w = y + batch * act;
+    bias = w + row;
+    n = tk->input_ndim;
+    memcpy(s, tk->input_shape, sizeof s);
+    inner = elems(s, n) / (n == 3 ? s[0] : 1);
+    /* preprocessing, in float32 */
+    for (b = 0; b < batch; b++)
+        for (j = 0; j < elems(s, n); j++) {
+            size_t c = n == 3 ? (size_t)(j / inner) : 0;
+            float v = input[b * elems(s, n) + j] * tk->pre_scale;
+            v = v - tk->pre_mean[c];
+            x[b * elems(s, n) + j] = v / tk->pre_std[c];
+        }
+    for (i = 0; i < tk->nlayers; i++) {
+        const layer *L = &tk->layers[i];
+        uint64_t insz = elems(s, n), outsz;
+        float *t;
+        if (L->type == 4) { s[0] = insz; n = 1; continue; }
+        if (L->type == 2) {
+            for (j = 0; j < batch * insz; j++) x[j] = x[j] < 0.0f ? 0.0f : x[j];
+            continue;
+        }
+        if (L->type == 0) { /* linear: one weight row at a time */
+            wstream ws, bs;
+            uint64_t o, k;
+            if (ws_init(tk, &ws, L->weight, err)) return err ? err->code : SMASK_ERR_FORMAT;
+            if (L->bias && ws_init(tk, &bs, L->bias_index, err)) return err ? err->code : SMASK_ERR_FORMAT;
+            if (L->bias) ws_next(tk, &bs, bias, L->out);
+            for (o = 0; o < L->out; o++) {
+                ws_next(tk, &ws, w, L->in);
+                for (b = 0; b < batch; b++) {
+                    float acc = 0.0f;
+                    const float *xb = x + b * L->in;
+                    for (k = 0; k < L->in; k++) acc += w[k] * xb[k];
+                    y[b * L->out + o] = L->bias ? acc + bias[o] : acc;
+                }
+            }
+            s[0] = L->out;
+            outsz = L->out;
+        } else if (L->type == 1) { /* conv2d: one filter at a time */
+            wstream ws, bs;
+            uint64_t o, c, oy, ox, ky, kx, H = s[1], W = s[2];
+            uint64_t OH = (H + 2 * L->pad - L->k) / L->stride + 1, OW = (W + 2 * L->pad - L->k) / L->stride + 1;
+            if (ws_init(tk, &ws, L->weight, err)) return err ? err->code : SMASK_ERR_FORMAT;
+            if (L->bias && ws_init(tk, &bs, L->bias_index, err)) return err ? err->code : SMASK_ERR_FORMAT;
+            if (L->bias) ws_next(tk, &bs, bias, L->out);
+            for (o = 0; o < L->out; o++) {
+                ws_next(tk, &ws, w, L->in * L->k * L->k);
+                for (b = 0; b < batch; b++)
+                    for (oy = 0; oy < OH; oy++)
+                        for (ox = 0; ox < OW; ox++) {
+                            float acc = 0.0f;
+                            for (c = 0; c < L->in; c++)
+                                for (ky = 0; ky < L->k; ky++) {
+                                    int64_t iy = (int64_t)(oy * L->stride + ky) - (int64_t)L->pad;
+                                    if (iy < 0 || iy >= (int64_t)H) continue;
+                                    for (kx = 0; kx < L->k; kx++) {
+                                        int64_t ix = (int64_t)(ox * L->stride + kx) - (int64_t)L->pad;
+                                        if (ix < 0 || ix >= (int64_t)W) continue;
+                                        acc += w[(c * L->k + ky) * L->k + kx] * x[((b * L->in + c) * H + (uint64_t)iy) * W + (uint64_t)ix];
+                                    }
+                                }
+                            y[((b * L->out + o) * OH + oy) * OW + ox] = L->bias ? acc + bias[o] : acc;
+                        }
+            }
+            s[0] = L->out; s[1] = OH; s[2] = OW;
+            outsz = elems(s, 3);
+        } else { /* maxpool2d */
+            uint64_t c, oy, ox, ky, kx, H = s[1], W = s[2];
+            uint64_t OH = (H - L->k) / L->stride + 1, OW = (W - L->k) / L->stride + 1;
+            for (b = 0; b < batch; b++)
+                for (c = 0; c < s[0]; c++)
+                    for (oy = 0; oy < OH; oy++)
+                        for (ox = 0; ox < OW; ox++) {
+                            const float *p = x + ((b * s[0] + c) * H + oy * L->stride) * W + ox * L->stride;
+                            float m = p[0];
+                            for (ky = 0; ky < L->k; ky++)
+                                for (kx = 0; kx < L->k; kx++)
+                                    if (p[ky * W + kx] > m || p[ky * W + kx] != p[ky * W + kx]) m = p[ky * W + kx];
+                            y[((b * s[0] + c) * OH + oy) * OW + ox] = m;
+                        }
+            s[1] = OH; s[2] = OW;
+            outsz = elems(s, 3);
+        }
+        (void)outsz;
+        t = x; x = y; y = t;
+    }
+    memcpy(logits, x, (size_t)(batch * tk->nclasses) * sizeof(float));
     return 0;
 }

@@ -126,6 +126,19 @@ int smask_tensor_weights(const smask_ticket *t, size_t index, float *dst, uint64
 int smask_tensor_weights_range(const smask_ticket *t, size_t index, uint64_t start, float *dst,
                                uint64_t n, smask_error *err);
 
+/* Streaming inference for version 1 and 2 tickets (their layer list: flatten, linear, conv2d,
+ * relu, maxpool2d, and the preprocessing). Weights are regenerated as they are used, one
+ * weight row or convolution filter at a time: no weight matrix is ever held. input: batch
+ * examples of smask_input_size floats (raw values, C order); logits: batch x
+ * smask_num_classes floats. scratch: smask_run_scratch(t, batch) floats from the caller.
+ * Computed in float32 with a plain summation order, so logits differ from onnxruntime's in
+ * the last bits. */
+uint64_t smask_input_size(const smask_ticket *t);
+uint64_t smask_num_classes(const smask_ticket *t);
+uint64_t smask_run_scratch(const smask_ticket *t, uint64_t batch);
+int smask_run(const smask_ticket *t, const float *input, uint64_t batch, float *logits, float *scratch,
+              uint64_t scratch_len, smask_error *err);
+
 /* Building blocks, exposed for tests and for streaming runtimes. */
 void smask_sha256(const uint8_t *data, size_t len, uint8_t out[32]);
 void smask_philox4x64_10(const uint64_t ctr[4], const uint64_t key[2], uint64_t out[4]);

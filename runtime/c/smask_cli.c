@@ -5,6 +5,8 @@
  *   smask-c digest TICKET          "name sha256" of each tensor's float32 little-endian bytes
  *   smask-c verify TICKET          parse and check the fingerprints
  *   smask-c check FILE...          parse + verify each file; one verdict line per file
+ *   smask-c run TICKET INPUT       logits of a version-1/2 ticket on float32 inputs (N x input size,
+ *                                  little-endian), one row per line, weights made as they are used
  *   smask-c selftest               known-answer tests of SHA-256, Philox and the codecs
  *
  * Options before the command: --max-weights N, --max-memory BYTES.
@@ -144,6 +146,43 @@ static int cmd_weights(const smask_ticket *t, const char *path, smask_error *err
     return 0;
 }
 
+static int cmd_run(const smask_ticket *t, const char *path, smask_error *err) {
+    size_t len, k;
+    uint8_t *raw = read_file(path, &len);
+    uint64_t per = smask_input_size(t), batch, j, scratch_n, classes = smask_num_classes(t);
+    float *in, *logits, *scratch;
+    int rc;
+    if (!per) { fprintf(stderr, "smask-c: run needs a version 1 or 2 ticket\n"); free(raw); return 1; }
+    if (!raw) { fprintf(stderr, "smask-c: cannot read %s\n", path); return 2; }
+    if (len == 0 || len % (4 * per)) {
+        fprintf(stderr, "smask-c: %s holds %lu bytes, not a whole number of inputs of %llu float32 values\n", path,
+                (unsigned long)len, (unsigned long long)per);
+        free(raw);
+        return 2;
+    }
+    batch = len / (4 * per);
+    in = (float *)malloc(len);
+    logits = (float *)malloc((size_t)(batch * classes) * sizeof(float));
+    scratch_n = smask_run_scratch(t, batch);
+    scratch = (float *)malloc((size_t)scratch_n * sizeof(float));
+    if (!in || !logits || !scratch) { free(raw); free(in); free(logits); free(scratch); return 2; }
+    for (k = 0; k < len / 4; k++) {
+        uint32_t u = (uint32_t)raw[4 * k] | ((uint32_t)raw[4 * k + 1] << 8) | ((uint32_t)raw[4 * k + 2] << 16) |
+                     ((uint32_t)raw[4 * k + 3] << 24);
+        memcpy(&in[k], &u, 4);
+    }
+    rc = smask_run(t, in, batch, logits, scratch, scratch_n, err);
+    if (!rc)
+        for (j = 0; j < batch; j++) {
+            for (k = 0; k < classes; k++) printf("%s%a", k ? " " : "", (double)logits[j * classes + k]);
+            printf("\n");
+        }
+    else
+        fprintf(stderr, "smask-c: %s\n", err->message);
+    free(raw); free(in); free(logits); free(scratch);
+    return rc ? 1 : 0;
+}
+
 static int selftest(void) {
     static const uint64_t zero[4] = {0, 0, 0, 0}, zk[2] = {0, 0};
     static const uint64_t want0[4] = {UINT64_C(0x16554d9eca36314c), UINT64_C(0xdb20fe9d672d0fdc),
@@ -221,12 +260,13 @@ int main(int argc, char **argv) {
         }
         return bad ? 2 : 0;
     }
-    if (strcmp(cmd, "info") && strcmp(cmd, "weights") && strcmp(cmd, "digest") && strcmp(cmd, "verify")) {
+    if (strcmp(cmd, "info") && strcmp(cmd, "weights") && strcmp(cmd, "digest") && strcmp(cmd, "verify") && strcmp(cmd, "run")) {
         fprintf(stderr, "smask-c: unknown command %s\n", cmd);
         return 2;
     }
-    if (a >= argc || (strcmp(cmd, "weights") == 0 && a + 1 >= argc)) {
-        fprintf(stderr, "smask-c: %s needs a ticket%s\n", cmd, strcmp(cmd, "weights") == 0 ? " and an output file" : "");
+    if (a >= argc || ((strcmp(cmd, "weights") == 0 || strcmp(cmd, "run") == 0) && a + 1 >= argc)) {
+        fprintf(stderr, "smask-c: %s needs a ticket%s\n", cmd, strcmp(cmd, "weights") == 0 ? " and an output file" :
+                strcmp(cmd, "run") == 0 ? " and an input file" : "");
         return 2;
     }
     {
@@ -242,6 +282,7 @@ int main(int argc, char **argv) {
             if (strcmp(cmd, "info") == 0) rc = cmd_info(t);
             else if (strcmp(cmd, "digest") == 0) rc = cmd_digest(t, &err) ? 1 : 0;
             else if (strcmp(cmd, "weights") == 0) rc = cmd_weights(t, argv[a + 1], &err);
+            else if (strcmp(cmd, "run") == 0) rc = cmd_run(t, argv[a + 1], &err);
             else printf("ok\n");
         } else {
             fprintf(stderr, "smask-c: %s: %s error: %s\n", argv[a], code_name(rc), err.message);
