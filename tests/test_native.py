@@ -321,12 +321,12 @@ def test_every_truncation_and_bit_flip_of_the_fixtures_is_rejected(smask_c, tmp_
 # ------------------------------------------------------------------------------- fuzz
 
 
-def check_many(exe: Path, paths: list[Path]) -> dict[str, str]:
+def check_many(exe: Path, paths: list[Path], *options: str) -> dict[str, str]:
     """Verdict line per file from one `smask-c check` process per batch."""
     out: dict[str, str] = {}
     for a in range(0, len(paths), 200):
         batch = paths[a:a + 200]
-        p = run(exe, "check", *map(str, batch), check=False)
+        p = run(exe, "check", *options, *map(str, batch), check=False)
         assert p.returncode in (0, 2), f"smask-c check crashed (exit {p.returncode}):\n{p.stderr[-4000:]}"
         assert "runtime error" not in p.stderr and "Sanitizer" not in p.stderr, p.stderr[-4000:]
         for line in p.stdout.splitlines():
@@ -376,7 +376,7 @@ def test_fuzz_same_verdicts_under_sanitizers(smask_c_san, tmp_path):
         p = tmp_path / f"case{k:06d}-{family}"
         p.write_bytes(data)
         paths.append(p)
-    verdicts = check_many(smask_c_san, paths)
+    verdicts = check_many(smask_c_san, paths, "--run")  # small v1/v2 networks also run once
     assert len(verdicts) == len(paths)
     c_accepts_py_rejects, py_accepts_c_rejects = [], []
     for p, (family, data, outcome) in zip(paths, cases):

@@ -1423,6 +1423,30 @@ static void run_sizes(const smask_ticket *tk, uint64_t *max_act, uint64_t *max_r
     }
 }
 
+uint64_t smask_run_cost(const smask_ticket *tk) {
+    uint64_t s[3], macs = 0;
+    size_t n, i;
+    if (!tk || !tk->layers) return 0;
+    n = tk->input_ndim;
+    memcpy(s, tk->input_shape, sizeof s);
+    for (i = 0; i < tk->nlayers; i++) {
+        const layer *L = &tk->layers[i];
+        if (L->type == 4) { s[0] = elems(s, n); n = 1; }
+        else if (L->type == 0) { macs += L->in * L->out; s[0] = L->out; }
+        else if (L->type == 1) {
+            s[1] = (s[1] + 2 * L->pad - L->k) / L->stride + 1;
+            s[2] = (s[2] + 2 * L->pad - L->k) / L->stride + 1;
+            s[0] = L->out;
+            /* at most 2^31 outputs times at most 2^20 * 64 * 64 weights per output: no overflow */
+            macs += elems(s, 3) * L->in * L->k * L->k;
+        } else if (L->type == 3) {
+            s[1] = (s[1] - L->k) / L->stride + 1;
+            s[2] = (s[2] - L->k) / L->stride + 1;
+        }
+    }
+    return macs;
+}
+
 uint64_t smask_run_scratch(const smask_ticket *tk, uint64_t batch) {
     uint64_t act, row;
     if (!tk || !tk->layers) return 0;

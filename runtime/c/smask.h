@@ -136,6 +136,8 @@ int smask_tensor_weights_range(const smask_ticket *t, size_t index, uint64_t sta
 uint64_t smask_input_size(const smask_ticket *t);
 uint64_t smask_num_classes(const smask_ticket *t);
 uint64_t smask_run_scratch(const smask_ticket *t, uint64_t batch);
+/* Multiply-adds per example (weights are regenerated once per batch). */
+uint64_t smask_run_cost(const smask_ticket *t);
 int smask_run(const smask_ticket *t, const float *input, uint64_t batch, float *logits, float *scratch,
               uint64_t scratch_len, smask_error *err);
 

@@ -7,6 +7,7 @@
  *   smask-c check FILE...          parse + verify each file; one verdict line per file
  *   smask-c run TICKET INPUT       logits of a version-1/2 ticket on float32 inputs (N x input size,
  *                                  little-endian), one row per line, weights made as they are used
+ *   smask-c bench [N]              generator and SHA-256 throughput on N elements (default 2^24)
  *   smask-c selftest               known-answer tests of SHA-256, Philox and the codecs
  *
  * Options before the command: --max-weights N, --max-memory BYTES.
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "smask.h"
 
@@ -66,9 +68,15 @@ static void print_name(FILE *o, const smask_ticket *t, size_t i) {
     fwrite(s, 1, n, o);
 }
 
+/* malloc for n floats, NULL when n does not fit this machine's size_t */
+static float *alloc_floats(uint64_t n) {
+    if (n > (uint64_t)(SIZE_MAX / sizeof(float)) - 1) return NULL;
+    return (float *)malloc(n ? (size_t)n * sizeof(float) : 1);
+}
+
 static int weights_of(const smask_ticket *t, size_t i, float **out, smask_error *err) {
     uint64_t n = smask_tensor_size(t, i);
-    float *w = (float *)malloc(n ? (size_t)n * sizeof(float) : 1);
+    float *w = alloc_floats(n);
     if (!w) { fprintf(stderr, "smask-c: out of memory for %llu weights\n", (unsigned long long)n); return SMASK_ERR_NOMEM; }
     if (smask_tensor_weights(t, i, w, n, err)) { free(w); return err->code; }
     *out = w;
@@ -112,7 +120,7 @@ static int cmd_digest(const smask_ticket *t, smask_error *err) {
         uint8_t *b, d[32];
         int k;
         if (weights_of(t, i, &w, err)) return 1;
-        b = (uint8_t *)malloc(n ? (size_t)n * 4 : 1);
+        b = (uint8_t *)alloc_floats(n);
         if (!b) { free(w); return 1; }
         le_bytes(w, n, b);
         smask_sha256(b, (size_t)n * 4, d);
@@ -135,7 +143,7 @@ static int cmd_weights(const smask_ticket *t, const char *path, smask_error *err
         uint64_t n = smask_tensor_size(t, i);
         uint8_t *b;
         if (weights_of(t, i, &w, err)) { fclose(o); return 1; }
-        b = (uint8_t *)malloc(n ? (size_t)n * 4 : 1);
+        b = (uint8_t *)alloc_floats(n);
         if (!b) { free(w); fclose(o); return 1; }
         le_bytes(w, n, b);
         if (fwrite(b, 1, (size_t)n * 4, o) != (size_t)n * 4) { free(w); free(b); fclose(o); return 2; }
@@ -161,10 +169,10 @@ static int cmd_run(const smask_ticket *t, const char *path, smask_error *err) {
         return 2;
     }
     batch = len / (4 * per);
-    in = (float *)malloc(len);
-    logits = (float *)malloc((size_t)(batch * classes) * sizeof(float));
+    in = alloc_floats(len / 4);
+    logits = alloc_floats(batch * classes);
     scratch_n = smask_run_scratch(t, batch);
-    scratch = (float *)malloc((size_t)scratch_n * sizeof(float));
+    scratch = alloc_floats(scratch_n);
     if (!in || !logits || !scratch) { free(raw); free(in); free(logits); free(scratch); return 2; }
     for (k = 0; k < len / 4; k++) {
         uint32_t u = (uint32_t)raw[4 * k] | ((uint32_t)raw[4 * k + 1] << 8) | ((uint32_t)raw[4 * k + 2] << 16) |
@@ -181,6 +189,33 @@ static int cmd_run(const smask_ticket *t, const char *path, smask_error *err) {
         fprintf(stderr, "smask-c: %s\n", err->message);
     free(raw); free(in); free(logits); free(scratch);
     return rc ? 1 : 0;
+}
+
+static double seconds(clock_t a, clock_t b) { return (double)(b - a) / CLOCKS_PER_SEC; }
+
+static int bench(uint64_t n) {
+    static const char *const names[] = {"", "uniform", "normal", "signed_constant"};
+    float *buf = alloc_floats(n);
+    uint8_t d[32];
+    int dist;
+    clock_t a, b;
+    double sum = 0;
+    uint64_t j;
+    if (!buf) return 2;
+    for (dist = 1; dist <= 3; dist++) {
+        a = clock();
+        smask_generate(7, "fc1.weight", 10, dist, 0.05f, 0, buf, n);
+        b = clock();
+        for (j = 0; j < n; j += 4099) sum += buf[j];
+        printf("generate %-15s %12.1f M elements/s\n", names[dist], (double)n / seconds(a, b) / 1e6);
+    }
+    a = clock();
+    smask_sha256((const uint8_t *)buf, (size_t)n * 4, d);
+    b = clock();
+    printf("sha256                   %12.1f MB/s\n", (double)n * 4 / seconds(a, b) / 1e6);
+    printf("(checksum %g %02x)\n", sum, d[0]);
+    free(buf);
+    return 0;
 }
 
 static int selftest(void) {
@@ -240,9 +275,12 @@ int main(int argc, char **argv) {
     }
     cmd = argv[a++];
     if (strcmp(cmd, "selftest") == 0) return selftest();
+    if (strcmp(cmd, "bench") == 0) return bench(a < argc ? strtoull(argv[a], NULL, 10) : (UINT64_C(1) << 24));
     if (strcmp(cmd, "check") == 0) {
-        /* one verdict per file: "ok PATH" or "reject CODE PATH: message" */
-        int bad = 0;
+        /* one verdict per file: "ok PATH" or "reject CODE PATH: message"; with --run, version 1
+           and 2 tickets of at most 2^24 multiply-adds also run on one all-zero input */
+        int bad = 0, also_run = 0;
+        if (a < argc && strcmp(argv[a], "--run") == 0) { also_run = 1; a++; }
         for (; a < argc; a++) {
             size_t len;
             uint8_t *buf = read_file(argv[a], &len);
@@ -252,6 +290,15 @@ int main(int argc, char **argv) {
             if (!buf) { printf("error io %s\n", argv[a]); bad = 1; continue; }
             rc = smask_parse(buf, len, &o, &t, &err);
             if (!rc) rc = smask_verify(t, &err);
+            if (!rc && also_run && smask_input_size(t) && smask_run_cost(t) <= (UINT64_C(1) << 24)) {
+                uint64_t ns = smask_run_scratch(t, 1);
+                float *in = alloc_floats(smask_input_size(t)), *lg = alloc_floats(smask_num_classes(t)), *sc = alloc_floats(ns);
+                if (in && lg && sc) {
+                    memset(in, 0, (size_t)smask_input_size(t) * sizeof(float));
+                    rc = smask_run(t, in, 1, lg, sc, ns, &err);
+                }
+                free(in); free(lg); free(sc);
+            }
             if (rc) printf("reject %s %s: %s\n", code_name(rc), argv[a], err.message);
             else printf("ok %s\n", argv[a]);
             fflush(stdout);
