@@ -42,14 +42,27 @@ def _seeds(ctx, param, value):
 @click.option("--seeds", required=True, callback=_seeds, help="Comma-separated seeds, e.g. 0,1,2.")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Sweep folder; each run goes to OUT/<model>-<dataset>-s<seed>.")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: one run after another in this process. ray: every run is a Ray task, on the cluster "
+                   "at --address or on a local Ray (needs supermask[cluster]; docs/scaling.md).")
+@click.option("--address", default=None, metavar="HOST:PORT",
+              help="ray: the cluster to use (as `ray start --head` printed, or 'auto'). Default: start a local Ray.")
+@click.option("--cpus-per-run", type=click.FloatRange(0, min_open=True), default=None,
+              help="ray: CPUs each run reserves (default 1); also its torch threads unless --threads says.")
+@click.option("--gpus-per-run", type=click.FloatRange(0), default=None,
+              help="ray: GPUs each run reserves; fractions share a GPU, e.g. 0.25 (default 0).")
 @find_options
-def sweep(models, dataset_names, seeds, out, **opts):
+def sweep(models, dataset_names, seeds, out, backend, address, cpus_per_run, gpus_per_run, **opts):
     """Run `find` for every model x dataset x seed; finished runs are skipped, so an
     interrupted sweep resumes where it stopped."""
     from .train.sweep import sweep as run_sweep
 
     config, run = split_options(opts)
-    manifest = run_sweep(models, dataset_names, seeds, out, **run, **config)
+    cluster = {k: v for k, v in (("address", address), ("cpus_per_run", cpus_per_run),
+                                 ("gpus_per_run", gpus_per_run)) if v is not None}
+    if backend == "local" and cluster:
+        raise click.UsageError(f"--{next(iter(cluster)).replace('_', '-')} applies to --backend ray only")
+    manifest = run_sweep(models, dataset_names, seeds, out, backend=backend, **cluster, **run, **config)
     done = sum(r["state"] == "done" for r in manifest["runs"])
     click.echo(f"sweep {out}: {done} of {len(manifest['runs'])} runs finished")
 

@@ -38,25 +38,46 @@ def run_name(model: str, dataset: str, seed: int) -> str:
     return f"{m}-{d}-s{seed}"
 
 
+BACKENDS = ("local", "ray")
+
+
 def sweep(models: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], out: str | os.PathLike,
           *, data_dir: str | None = None, download: bool = False, device: str = "auto",
-          progress: bool = True, threads: int | None = None, **find_options) -> dict:
+          progress: bool = True, threads: int | None = None, backend: str = "local", address: str | None = None,
+          cpus_per_run: float = 1.0, gpus_per_run: float = 0.0, **find_options) -> dict:
     """Run ``find`` for every (model, dataset, seed); return the sweep manifest.
 
     ``find_options`` are further :class:`~supermask.train.config.FindConfig` fields (epochs,
-    iterations, criteria, keeps, init, ...), the same for every run.
+    iterations, criteria, keeps, init, ...), the same for every run. ``backend="ray"`` runs
+    each run as a Ray task (:mod:`.sweep_ray`) on the cluster at ``address`` (a local Ray when
+    None), with ``cpus_per_run`` and ``gpus_per_run`` reserved for each.
     """
     if not models or not datasets or not seeds:
         raise SweepError("a sweep needs at least one model, one dataset and one seed")
     if len(set(seeds)) != len(seeds):
         raise SweepError("seeds must not repeat")
+    if backend not in BACKENDS:
+        raise SweepError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "local" and (address is not None or cpus_per_run != 1.0 or gpus_per_run != 0.0):
+        raise SweepError("--address, --cpus-per-run and --gpus-per-run apply to --backend ray only")
+    if not cpus_per_run > 0 or not gpus_per_run >= 0:
+        raise SweepError(f"a run needs a positive number of CPUs and zero or more GPUs, got {cpus_per_run:g} "
+                         f"and {gpus_per_run:g}")
+    ray = None
+    if backend == "ray":
+        from .sweep_ray import _import_ray
+
+        ray = _import_ray()  # before the folder is made: a missing Ray fails at once
     with claim_folder(out, "sweep folder", SweepError) as out:
-        return _sweep_locked(models, datasets, seeds, out, data_dir, download, device, progress, threads,
-                             find_options)
+        run = dict(data_dir=data_dir, download=download, device=device, threads=threads)
+        if ray is None:
+            return _sweep_locked(models, datasets, seeds, out, run, progress, find_options, None)
+        opts = dict(address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
+        return _sweep_locked(models, datasets, seeds, out, run, progress, find_options, opts)
 
 
-def _sweep_locked(models, datasets, seeds, out: Path, data_dir, download, device, progress, threads,
-                  find_options) -> dict:
+def _sweep_locked(models, datasets, seeds, out: Path, run: dict, progress: bool, find_options,
+                  ray_options: dict | None) -> dict:
     from .config import FindConfig
     from .find import find
     from .runs import is_complete
@@ -86,18 +107,30 @@ def _sweep_locked(models, datasets, seeds, out: Path, data_dir, download, device
             entry["state"] = "done"
     save()
     total = len(plan)
-    for i, (entry, (name, cfg)) in enumerate(zip(manifest["runs"], plan), 1):
-        if entry["state"] == "done":
-            log.info("sweep: run %d of %d, %s, is finished; skipping", i, total, name)
-            continue
+    entries = {e["run"]: e for e in manifest["runs"]}
+    todo = [(name, cfg) for name, cfg in plan if entries[name]["state"] != "done"]
+    for name, _ in plan:
+        if entries[name]["state"] == "done":
+            log.info("sweep: %s is finished; skipping", name)
+
+    def finished(name: str, seconds: float) -> None:
+        entries[name].update(state="done", seconds=round(seconds, 1))
+        save()
+        done = sum(e["state"] == "done" for e in manifest["runs"])
+        if progress:
+            log.info("sweep: %d of %d runs done (%s, %.1f s)", done, total, name, seconds)
+
+    if ray_options is not None:
+        from .sweep_ray import run_on_ray
+
+        run_on_ray([(name, cfg, out / name) for name, cfg in todo], finished=finished, **ray_options, **run)
+        return manifest
+    for i, (name, cfg) in enumerate(todo, total - len(todo) + 1):
         start = time.perf_counter()
         if progress:
             log.info("sweep: run %d of %d: %s", i, total, name)
-        find(cfg, out / name, data_dir=data_dir, download=download, device=device, progress=progress,
-             threads=threads)
-        entry["state"] = "done"
-        entry["seconds"] = round(time.perf_counter() - start, 1)
-        save()
+        find(cfg, out / name, progress=progress, **run)
+        finished(name, time.perf_counter() - start)
     return manifest
 
 
