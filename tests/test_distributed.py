@@ -215,3 +215,14 @@ def test_a_config_for_another_number_of_processes_or_imp_is_refused(tmp_path, mo
         find(C.FindConfig(model="lenet-300-100", dataset="digits", method="imp", iterations=2), tmp_path / "b",
              progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+                    reason="needs 2 CUDA GPUs (one per process, NCCL)")
+def test_two_gpus_train_like_one(tmp_path):
+    out = tmp_path / "run"
+    done = torchrun(tmp_path, out, "edge-popup", "--keep", "0.1", "--epochs", "2", "--device", "cuda")
+    assert done.returncode == 0, done.stderr
+    assert "masks agree on all 2 processes" in rank_output(tmp_path, 0)
+    assert json.loads((out / "results.json").read_text())["rows"][0]["accuracy"] > 0.5

@@ -291,7 +291,7 @@ def supervised_step(net, opt, meter, it: int, xb, yb, after: Callable[[], None] 
 
 def say_resumed(label: str, start: int, total: int, path: Path) -> None:
     """Tell the user where a stage resumes (stderr: the result tables go to stdout)."""
-    if start:
+    if start and distributed.current().writer:
         sys.stderr.write(f"{label}: resuming at step {start:,} of {total:,} from {path}\n")
 
 
