@@ -8,6 +8,9 @@
  *   smask-c run TICKET INPUT       logits of a version-1/2 ticket on float32 inputs (N x input size,
  *                                  little-endian), one row per line, weights made as they are used
  *   smask-c bench [N]              generator and SHA-256 throughput on N elements (default 2^24)
+ *   smask-c fuzz SEED N TICKET...  N mutations of the tickets' headers, graphs and payloads,
+ *                                  re-signed (version 3: re-deflated as stored blocks), each
+ *                                  parsed, verified and (small networks) run; counts by verdict
  *   smask-c selftest               known-answer tests of SHA-256, Philox and the codecs
  *
  * Options before the command: --max-weights N, --max-memory BYTES.
@@ -18,6 +21,7 @@
 #include <time.h>
 
 #include "smask.h"
+#include "smask_int.h" /* the fuzz mode re-inflates version-3 sections */
 
 static void *cli_alloc(void *ctx, size_t n) { (void)ctx; return malloc(n); }
 static void cli_free(void *ctx, void *p) { (void)ctx; free(p); }
@@ -218,6 +222,153 @@ static int bench(uint64_t n) {
     return 0;
 }
 
+/* ---- the fuzz mode: a small deterministic mutator (xorshift64*) ---- */
+
+static uint64_t fz_state;
+static uint64_t fz_next(void) {
+    fz_state ^= fz_state >> 12;
+    fz_state ^= fz_state << 25;
+    fz_state ^= fz_state >> 27;
+    return fz_state * UINT64_C(2685821657736338717);
+}
+static size_t fz_below(size_t n) { return n ? (size_t)(fz_next() % n) : 0; }
+
+/* Mutate buf[lo, hi) in place (length may change); returns the new length of the whole buffer. */
+static size_t fz_mutate(uint8_t *buf, size_t len, size_t cap, size_t lo, size_t *hi) {
+    static const char interesting[] = "0123456789\"{}[],:-+eE.tfn\\u \x00\xff\x80";
+    size_t span = *hi - lo, k = fz_below(4), i, a, b, n;
+    int rounds = 1 + (int)fz_below(3);
+    while (rounds--) {
+        span = *hi - lo;
+        if (!span) return len;
+        switch (k = fz_below(5)) {
+        case 0: i = lo + fz_below(span); buf[i] ^= (uint8_t)(1u << fz_below(8)); break;
+        case 1: i = lo + fz_below(span); buf[i] = (uint8_t)interesting[fz_below(sizeof interesting - 1)]; break;
+        case 2: /* delete [a, b) */
+            a = lo + fz_below(span); b = a + 1 + fz_below(span - (a - lo) < 16 ? span - (a - lo) : 16);
+            if (b > *hi) b = *hi;
+            memmove(buf + a, buf + b, len - b);
+            len -= b - a; *hi -= b - a;
+            break;
+        case 3: /* duplicate [a, a + n) */
+            a = lo + fz_below(span); n = 1 + fz_below(16);
+            if (a + n > *hi) n = *hi - a;
+            if (len + n > cap) break;
+            memmove(buf + a + n, buf + a, len - a);
+            len += n; *hi += n;
+            break;
+        default: /* a digit becomes another */
+            for (i = 0; i < 8; i++) {
+                size_t j = lo + fz_below(span);
+                if (buf[j] >= '0' && buf[j] <= '9') { buf[j] = (uint8_t)('0' + fz_below(10)); break; }
+            }
+        }
+    }
+    return len;
+}
+
+static void fz_put32(uint8_t *p, uint32_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24); }
+
+static int fuzz(uint64_t seed, uint64_t cases, int nfiles, char **files, smask_options *o) {
+    uint64_t counts[8] = {0}, c;
+    uint8_t *work = NULL, *out = NULL;
+    size_t cap = 0;
+    fz_state = seed * 2 + 1;
+    for (c = 0; c < cases; c++) {
+        size_t len, wl, ol = 0;
+        uint8_t *orig = read_file(files[c % (uint64_t)nfiles], &len);
+        uint32_t hlen;
+        smask_ticket *t = NULL;
+        smask_error err;
+        int rc;
+        if (!orig || len < 48) { free(orig); free(work); free(out); return 2; }
+        hlen = (uint32_t)orig[12] | ((uint32_t)orig[13] << 8) | ((uint32_t)orig[14] << 16) | ((uint32_t)orig[15] << 24);
+        if (orig[8] == 3) {
+            /* inflate the section, mutate it, store it again as stored DEFLATE blocks */
+            smask_pool pool;
+            uint8_t *raw;
+            size_t rawlen, hi, i, nb, pl = len - 48 - hlen;
+            smask_error e2;
+            pool.alloc = o->alloc; pool.free = o->free; pool.ctx = NULL; pool.head = NULL;
+            if (smask_inflate(orig + 16, hlen, (size_t)8 << 20, &pool, &raw, &rawlen, &e2)) { smask_pool_release(&pool); free(orig); continue; }
+            cap = rawlen * 2 + 1024;
+            {
+                uint8_t *nw = (uint8_t *)realloc(work, cap);
+                if (!nw) { smask_pool_release(&pool); free(orig); free(work); free(out); return 2; }
+                work = nw;
+            }
+            memcpy(work, raw, rawlen);
+            smask_pool_release(&pool);
+            wl = rawlen;
+            {
+                size_t J = (size_t)work[0] | ((size_t)work[1] << 8) | ((size_t)work[2] << 16) | ((size_t)work[3] << 24), lo;
+                if (fz_below(2) && 4 + J < wl) { lo = 4; hi = 4 + J; }   /* the header */
+                else { lo = 4 + J < wl ? 4 + J : 4; hi = wl; }           /* the graph */
+                if (fz_below(20) == 0) { lo = 0; hi = 4; }             /* the length itself */
+                i = hi;
+                wl = fz_mutate(work, wl, cap, lo, &hi);
+                if (lo == 4 && i != hi && fz_below(4)) fz_put32(work, (uint32_t)(J + hi - i)); /* keep J right */
+            }
+            nb = wl / 65535 + 1;
+            {
+                uint8_t *no = (uint8_t *)realloc(out, 16 + wl + 5 * nb + pl + 32);
+                if (!no) { free(orig); free(work); free(out); return 2; }
+                out = no;
+            }
+            memcpy(out, orig, 16);
+            ol = 16;
+            for (i = 0; i < nb; i++) {
+                size_t n = i + 1 == nb ? wl - i * 65535 : 65535;
+                out[ol++] = (uint8_t)(i + 1 == nb);
+                out[ol++] = (uint8_t)n; out[ol++] = (uint8_t)(n >> 8);
+                out[ol++] = (uint8_t)~n; out[ol++] = (uint8_t)(~n >> 8);
+                memcpy(out + ol, work + i * 65535, n);
+                ol += n;
+            }
+            fz_put32(out + 12, (uint32_t)(ol - 16));
+            memcpy(out + ol, orig + 16 + hlen, pl);
+            ol += pl;
+        } else {
+            size_t hi = 16 + (size_t)hlen, lo = 16, i;
+            cap = len * 2 + 1024;
+            {
+                uint8_t *no = (uint8_t *)realloc(out, cap);
+                if (!no) { free(orig); free(work); free(out); return 2; }
+                out = no;
+            }
+            memcpy(out, orig, len - 32);
+            ol = len - 32;
+            if (fz_below(5) == 0) { lo = 16 + hlen; hi = len - 32; }      /* the payloads */
+            i = hi;
+            ol = fz_mutate(out, ol, cap - 32, lo, &hi);
+            if (lo == 16 && fz_below(8)) fz_put32(out + 12, (uint32_t)(hlen + hi - i));
+        }
+        smask_sha256(out, ol, out + ol);
+        ol += 32;
+        rc = smask_parse(out, ol, o, &t, &err);
+        if (!rc) rc = smask_verify(t, &err);
+        if (!rc && smask_input_size(t) && smask_run_cost(t) <= (UINT64_C(1) << 24)) {
+            uint64_t ns = smask_run_scratch(t, 1);
+            float *in = alloc_floats(smask_input_size(t)), *lg = alloc_floats(smask_num_classes(t)), *sc = alloc_floats(ns);
+            if (in && lg && sc) {
+                memset(in, 0, (size_t)smask_input_size(t) * sizeof(float));
+                rc = smask_run(t, in, 1, lg, sc, ns, &err);
+            }
+            free(in); free(lg); free(sc);
+        }
+        counts[rc < 8 ? rc : 7]++;
+        smask_free(t);
+        free(orig);
+    }
+    free(work);
+    free(out);
+    printf("fuzz cases %llu:", (unsigned long long)cases);
+    for (c = 0; c < 8; c++)
+        if (counts[c]) printf(" %s %llu", code_name((int)c), (unsigned long long)counts[c]);
+    printf("\n");
+    return 0;
+}
+
 static int selftest(void) {
     static const uint64_t zero[4] = {0, 0, 0, 0}, zk[2] = {0, 0};
     static const uint64_t want0[4] = {UINT64_C(0x16554d9eca36314c), UINT64_C(0xdb20fe9d672d0fdc),
@@ -275,6 +426,10 @@ int main(int argc, char **argv) {
     }
     cmd = argv[a++];
     if (strcmp(cmd, "selftest") == 0) return selftest();
+    if (strcmp(cmd, "fuzz") == 0) {
+        if (argc - a < 3) { fprintf(stderr, "usage: smask-c fuzz SEED N TICKET...\n"); return 2; }
+        return fuzz(strtoull(argv[a], NULL, 10), strtoull(argv[a + 1], NULL, 10), argc - a - 2, argv + a + 2, &o);
+    }
     if (strcmp(cmd, "bench") == 0) return bench(a < argc ? strtoull(argv[a], NULL, 10) : (UINT64_C(1) << 24));
     if (strcmp(cmd, "check") == 0) {
         /* one verdict per file: "ok PATH" or "reject CODE PATH: message"; with --run, version 1

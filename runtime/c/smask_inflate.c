@@ -21,9 +21,29 @@ typedef struct {
     uint32_t bitbuf;
     int bitcnt;
     uint8_t *out;         /* dictionary followed by the output */
-    size_t out_pos, out_cap; /* out_cap: dictionary + cap */
-    int truncated, overflow;
+    size_t out_pos, out_cap; /* out_cap: the buffer's size */
+    size_t limit;            /* dictionary + cap */
+    smask_pool *pool;
+    int nomem;
 } inf_state;
+
+/* Make room for `need` more bytes: -3 past the cap, -4 out of memory. The buffer grows by
+   doubling (old buffers stay in the pool until the parse ends). */
+static int room(inf_state *s, size_t need) {
+    size_t ncap;
+    uint8_t *nb;
+    if (need > s->limit - s->out_pos) return -3;
+    if (s->out_pos + need <= s->out_cap) return 0;
+    ncap = s->out_cap * 2;
+    while (ncap < s->out_pos + need) ncap *= 2;
+    if (ncap > s->limit) ncap = s->limit;
+    nb = (uint8_t *)smask_pool_get(s->pool, ncap);
+    if (!nb) { s->nomem = 1; return -4; }
+    memcpy(nb, s->out, s->out_pos);
+    s->out = nb;
+    s->out_cap = ncap;
+    return 0;
+}
 
 typedef struct {
     uint16_t count[16];
@@ -34,7 +54,6 @@ static int getbits(inf_state *s, int need, uint32_t *v) {
     uint32_t val = s->bitbuf;
     while (s->bitcnt < need) {
         if (s->pos >= s->in_len) {
-            s->truncated = 1;
             return -1;
         }
         val |= (uint32_t)s->in[s->pos++] << s->bitcnt;
@@ -104,7 +123,8 @@ static int codes(inf_state *s, const huff *lc, const huff *dc, const char **why)
         if (sym == -1) return -1;
         if (sym < 0) { *why = "invalid literal/length code"; return -2; }
         if (sym < 256) {
-            if (s->out_pos >= s->out_cap) return -3;
+            int r = room(s, 1);
+            if (r) return r;
             s->out[s->out_pos++] = (uint8_t)sym;
         } else if (sym == 256) {
             return 0;
@@ -123,7 +143,11 @@ static int codes(inf_state *s, const huff *lc, const huff *dc, const char **why)
             dist = dist_base[ds] + e;
             if (dist > s->out_pos || dist > 32768) { *why = "invalid distance too far back"; return -2; }
             for (i = 0; i < length; i++) {
-                if (s->out_pos >= s->out_cap) return -3;
+                if (s->out_pos >= s->out_cap) {
+                    int r = room(s, length - i);
+                    if (r == -3) r = room(s, 1); /* copy up to the cap, as zlib does */
+                    if (r) return r;
+                }
                 s->out[s->out_pos] = s->out[s->out_pos - dist];
                 s->out_pos++;
             }
@@ -213,8 +237,11 @@ int smask_inflate(const uint8_t *in, size_t in_len, size_t cap, smask_pool *pool
     memset(&s, 0, sizeof s);
     s.in = in;
     s.in_len = in_len;
-    s.out_cap = SMASK_DICT_LEN + cap;
-    s.out = (uint8_t *)smask_pool_get(pool, s.out_cap + 1);
+    s.limit = SMASK_DICT_LEN + cap;
+    s.pool = pool;
+    s.out_cap = SMASK_DICT_LEN + (in_len < 16384 ? 65536 : 4 * in_len);
+    if (s.out_cap > s.limit) s.out_cap = s.limit;
+    s.out = (uint8_t *)smask_pool_get(pool, s.out_cap);
     if (!s.out) return smask_fail(err, SMASK_ERR_NOMEM, "out of memory inflating the header section");
     memcpy(s.out, smask_dictionary, SMASK_DICT_LEN);
     s.out_pos = SMASK_DICT_LEN;
@@ -236,13 +263,14 @@ int smask_inflate(const uint8_t *in, size_t in_len, size_t cap, smask_pool *pool
             }
             s.pos += 4;
             if (n > s.in_len - s.pos) {
-                /* copy what there is, then report truncation or the cap, as zlib would */
+                /* what there is would be copied first: the cap, else truncation */
                 size_t have = s.in_len - s.pos;
-                if (have > s.out_cap - s.out_pos) { rc = -3; break; }
+                if (have > s.limit - s.out_pos) { rc = -3; break; }
                 rc = -1;
                 break;
             }
-            if (n > s.out_cap - s.out_pos) { rc = -3; break; }
+            rc = room(&s, n);
+            if (rc) break;
             memcpy(s.out + s.out_pos, s.in + s.pos, n);
             s.out_pos += n;
             s.pos += n;
@@ -258,6 +286,7 @@ int smask_inflate(const uint8_t *in, size_t in_len, size_t cap, smask_pool *pool
         }
         if (rc) break;
     }
+    if (rc == -4) return smask_fail(err, SMASK_ERR_NOMEM, "out of memory inflating the header section");
     if (rc == -3)
         return smask_fail(err, SMASK_ERR_FORMAT, "the header section decompresses to more than %lu bytes",
                           (unsigned long)cap);
