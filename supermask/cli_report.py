@@ -48,7 +48,7 @@ def _seeds(ctx, param, value):
 @click.option("--address", default=None, metavar="HOST:PORT",
               help="ray: the cluster to use (as `ray start --head` printed, or 'auto'). Default: start a local Ray.")
 @click.option("--cpus-per-run", type=click.FloatRange(0, min_open=True), default=None,
-              help="ray: CPUs each run reserves (default 1); also its torch threads unless --threads says.")
+              help="ray: CPUs each run reserves (default 1); also its torch thread count, unless set.")
 @click.option("--gpus-per-run", type=click.FloatRange(0), default=None,
               help="ray: GPUs each run reserves; fractions share a GPU, e.g. 0.25 (default 0).")
 @find_options

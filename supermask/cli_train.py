@@ -10,6 +10,7 @@ import click
 
 from . import datasets
 from .codecs import CODECS
+from .errors import SupermaskError
 from .train import criteria as crit
 from .train.config import (AFFINE, DEFAULT_BN_EXAMPLES, DEFAULT_DENSE_LR, DEFAULT_EPOCHS, DEFAULT_IMP_ROUNDS,
                            DEFAULT_KEEPS, DEFAULT_LR, DEFAULT_PRUNE_RATE, DEVICES, IMP_CONTROLS, INIT_VARIANTS,
@@ -312,6 +313,17 @@ def format_results(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    from .ticket import parse_size
+
+    try:
+        return parse_size(value)
+    except SupermaskError as e:
+        raise click.BadParameter(str(e).replace("a memory cap", "a size")) from None
+
+
 @click.command()
 @click.argument("ticket", required=False, type=click.Path(dir_okay=False, path_type=str))
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False, path_type=str), default=None,
@@ -331,10 +343,13 @@ def format_results(res: dict) -> str:
                    "weights are never a ticket: `supermask export --run DIR --round N` writes them as ONNX).")
 @click.option("--codec", type=click.Choice(["auto", *CODECS]), default="auto", show_default=True,
               help="Mask coding: auto picks the smaller of bitpack and entropy per tensor.")
+@click.option("--max-bytes", "max_bytes", default=None, metavar="SIZE", callback=_size,
+              help="Pack the most accurate matching supermask whose ticket file fits in SIZE (bytes, or e.g. "
+                   "16KiB, 16KB); an error when none does.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the ticket summary as JSON (accuracies and densities as fractions).")
 @threads_option("torch")
-def pack(ticket, out, run_dir, criterion, keep, init, imp_round, codec, as_json, threads):
+def pack(ticket, out, run_dir, criterion, keep, init, imp_round, codec, max_bytes, as_json, threads):
     """Write one supermask of a find run as a ticket file (-o/--out, or TICKET): seed, init
     spec, packed masks, the values it stores (BatchNorm statistics, trained biases) and the
     network's ONNX graph.
@@ -357,7 +372,7 @@ def pack(ticket, out, run_dir, criterion, keep, init, imp_round, codec, as_json,
     from .train.pack import pack as run_pack
 
     t, check = run_pack(run_dir, ticket, criterion=criterion, keep=keep, init=init, codec=codec,
-                        return_validation=True, round=imp_round)
+                        return_validation=True, round=imp_round, max_bytes=max_bytes)
     s = t.summary()
     if as_json:
         click.echo(json.dumps(s, indent=2))

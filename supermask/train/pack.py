@@ -18,7 +18,7 @@ from ..errors import ModelError, RunError
 from . import criteria as crit
 from .config import DENSITY_LEARNED, LEARNED_METHODS, OBJECT_PREFIX
 from .masks import extra_key, learned_multipliers, masked_state, variant_init
-from .runs import best_row, load_npz, load_run, run_masks
+from .runs import best_row, load_npz, load_run, ranked_rows, run_masks
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +62,19 @@ def _resolve(cfg, results, criterion, keep, init, run):
 
 def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | None = None, keep: float | None = None,
          init: str | None = None, codec: str = "auto", model=None, return_validation: bool = False,
-         round: int | None = None):
+         round: int | None = None, max_bytes: int | None = None):
     """Write the ticket of one supermask of a finished run; return the parsed :class:`Ticket`
     (and the graph's :class:`~supermask.export.torch_graph.Validation` with ``return_validation``).
 
     ``criterion``, ``keep`` and ``init`` (``original`` or ``signed-constant``) narrow the choice;
     of the rows that match, the one with the best test accuracy in ``results.json`` is packed
     (ties: the sparser mask). With none given that is the run's best supermask over every
-    criterion, keep and init variant it evaluated. ``model`` is the run's network when it was given to the library as an
-    object; otherwise the run's config rebuilds it.
+    criterion, keep and init variant it evaluated. ``max_bytes`` packs instead the most accurate
+    matching supermask whose ticket file is at most that many bytes (:class:`RunError` when none
+    is). ``model`` is the run's network when it was given to the library as an object; otherwise
+    the run's config rebuilds it.
     """
-    from ..export.torch_graph import export_graph, validate, validation_inputs
-    from ..ticket import decode_ticket
-    from ..ticket3 import encode_v3, placeholder_names
     from ..atomic import atomic_write
-    from .data import load_model
-    from .subject import Subject
 
     cfg, info, results = load_run(run)
     if round is not None:
@@ -89,7 +86,43 @@ def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | Non
         if keep is not None:
             raise RunError("give --round or --keep, not both: each round has its own keep")
         keep = cfg.imp_keeps()[round]
-    criterion, row, init = _resolve(cfg, results, criterion, keep, init, run)
+    _, best, _ = _resolve(cfg, results, criterion, keep, init, run)  # also checks what was asked
+    if max_bytes is None:
+        candidates = [best]
+    else:
+        if max_bytes < 1:
+            raise RunError(f"--max-bytes must be a positive number of bytes, got {max_bytes}")
+        candidates = ranked_rows(results, best["criterion"] if cfg.learned else criterion, keep,
+                                 "original" if cfg.learned else init)
+    smallest = None
+    for row in candidates:
+        data, ticket, check = _build(run, cfg, info, row, codec, model)
+        if max_bytes is None or len(data) <= max_bytes:
+            break
+        if smallest is None or len(data) < smallest[0]:
+            smallest = (len(data), row)
+    else:
+        size, row = smallest
+        raise RunError(f"no supermask of {run} fits in {max_bytes:,} bytes: the smallest of the {len(candidates)} "
+                       f"evaluated ({row['criterion']} keep {row['keep']:.6g}, {row['init']}) packs to {size:,} "
+                       f"bytes. Allow more bytes, or evaluate lower keeps (`supermask find ... --keep`)")
+    if max_bytes is not None:
+        log.info("packed %s keep %.6g (%s), accuracy %.2f %% in the run: the most accurate of %d evaluated "
+                 "supermasks that fits in %s bytes (%s bytes)", row["criterion"], row["keep"], row["init"],
+                 100 * row["accuracy"], len(candidates), f"{max_bytes:,}", f"{len(data):,}")
+    atomic_write(out, data)
+    return (ticket, check) if return_validation else ticket
+
+
+def _build(run, cfg, info, row: dict, codec: str, model):
+    """(ticket bytes, decoded ticket, graph validation) of one results row of a run."""
+    from ..export.torch_graph import export_graph, validate, validation_inputs
+    from ..ticket import decode_ticket
+    from ..ticket3 import encode_v3, placeholder_names
+    from .data import load_model
+    from .subject import Subject
+
+    criterion, init = row["criterion"], row["init"]
     keep = row["keep"]  # the run's own value, not the one typed (0.1 for 0.1000000000001)
     spec = (cfg.init_for(keep if cfg.method == "edge-popup" else None) if cfg.learned
             else variant_init(cfg, init))
@@ -163,8 +196,7 @@ def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | Non
     for n in used:  # the ticket regenerates exactly the tensors the run evaluated
         if not np.array_equal(regenerated[n], tensors[n]):
             raise RunError(f"internal error: tensor {n!r} of the ticket differs from the run's; not written")
-    atomic_write(out, data)
-    return (ticket, check) if return_validation else ticket
+    return data, ticket, check
 
 
 def export_retrained(run: str | os.PathLike, out: str | os.PathLike, *, round: int, variant: str = "original",

@@ -167,21 +167,26 @@ def _same_keep(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=0, abs_tol=1e-12) or f"{a:.6g}" == f"{b:.6g}"
 
 
-def best_row(results: Mapping, criterion: str | None = None, keep: float | None = None,
-             init: str | None = None) -> dict | None:
-    """The most accurate supermask row of a run among those matching the given criterion, keep
-    and init variant (None: any). Ties go to the sparser mask, then to the default criterion
-    and the original init. Dense rows and retrained rows (of an IMP run) are never picked: only
+def ranked_rows(results: Mapping, criterion: str | None = None, keep: float | None = None,
+                init: str | None = None) -> list[dict]:
+    """The supermask rows of a run matching the given criterion, keep and init variant (None:
+    any), most accurate first. Ties go to the sparser mask, then to the default criterion and
+    the original init. Dense rows and retrained rows (of an IMP run) are never among them: only
     supermasks over the untrained initial weights become tickets."""
     from .criteria import DEFAULT_CRITERION
 
     rows = [r for r in results.get("rows", []) if r["criterion"] != "dense" and not r.get("retrained")
             and (criterion is None or r["criterion"] == criterion) and (init is None or r["init"] == init)
             and (keep is None or _same_keep(r["keep"], keep))]
-    if not rows:
-        return None
-    return max(rows, key=lambda r: (r["correct"], -r["keep"], r["criterion"] == DEFAULT_CRITERION,
-                                    r["init"] == "original"))
+    return sorted(rows, key=lambda r: (r["correct"], -r["keep"], r["criterion"] == DEFAULT_CRITERION,
+                                       r["init"] == "original"), reverse=True)
+
+
+def best_row(results: Mapping, criterion: str | None = None, keep: float | None = None,
+             init: str | None = None) -> dict | None:
+    """The first of :func:`ranked_rows`, or None."""
+    rows = ranked_rows(results, criterion, keep, init)
+    return rows[0] if rows else None
 
 
 def pick_row(results: Mapping, criterion: str, keep: float | None, init: str) -> dict | None:
