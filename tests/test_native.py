@@ -605,3 +605,24 @@ def test_c_mutation_fuzz_under_sanitizers(smask_c_san):
     counts = dict(zip(p.stdout.split()[3::2], map(int, p.stdout.split()[4::2])))
     assert sum(counts.values()) == cases
     assert counts.get("ok", 0) > 0 and counts.get("format", 0) > cases // 2  # both verdicts are reached
+
+
+def test_c_mutations_same_verdict_as_python(smask_c, tmp_path):
+    """The mutations of `smask-c fuzz` (deep inside JSON headers and version-3 sections, with
+    valid checksums) get the same accept/reject verdict from the Python reader."""
+    import fuzzlib
+
+    cases = max(5000, int(os.environ.get("SUPERMASK_NATIVE_FUZZ", "0")))
+    p = run(smask_c, "--max-weights", "1000000", "fuzz", "--dump", str(tmp_path), "11", str(cases),
+            str(FIXTURES / "tiny-v1.smask"), str(FIXTURES / "tiny-v3.smask"))
+    lines = p.stdout.splitlines()[:-1]
+    assert len(lines) == cases
+    mismatches, accepted = [], 0
+    for line in lines:
+        name, verdict = line.split()
+        py = fuzzlib.outcome((tmp_path / name).read_bytes(), max_weights=1_000_000)
+        accepted += py == "ok"
+        if (py == "ok") != (verdict == "ok"):
+            mismatches.append((name, verdict, py))
+    assert not mismatches, mismatches[:10]
+    assert 0 < accepted < cases

@@ -8,9 +8,10 @@
  *   smask-c run TICKET INPUT       logits of a version-1/2 ticket on float32 inputs (N x input size,
  *                                  little-endian), one row per line, weights made as they are used
  *   smask-c bench [N]              generator and SHA-256 throughput on N elements (default 2^24)
- *   smask-c fuzz SEED N TICKET...  N mutations of the tickets' headers, graphs and payloads,
+ *   smask-c fuzz [--dump DIR] SEED N TICKET...  N mutations of the tickets' headers, graphs and payloads,
  *                                  re-signed (version 3: re-deflated as stored blocks), each
  *                                  parsed, verified and (small networks) run; counts by verdict
+ *                                  (--dump: also every case as DIR/caseNNNNNN and its verdict)
  *   smask-c selftest               known-answer tests of SHA-256, Philox and the codecs
  *
  * Options before the command: --max-weights N, --max-memory BYTES.
@@ -269,7 +270,7 @@ static size_t fz_mutate(uint8_t *buf, size_t len, size_t cap, size_t lo, size_t 
 
 static void fz_put32(uint8_t *p, uint32_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24); }
 
-static int fuzz(uint64_t seed, uint64_t cases, int nfiles, char **files, smask_options *o) {
+static int fuzz(uint64_t seed, uint64_t cases, int nfiles, char **files, smask_options *o, const char *dump) {
     uint64_t counts[8] = {0}, c;
     uint8_t *work = NULL, *out = NULL;
     size_t cap = 0;
@@ -357,6 +358,14 @@ static int fuzz(uint64_t seed, uint64_t cases, int nfiles, char **files, smask_o
             free(in); free(lg); free(sc);
         }
         counts[rc < 8 ? rc : 7]++;
+        if (dump) { /* keep the case and its verdict, for comparison with another reader */
+            char path[4096];
+            FILE *f;
+            snprintf(path, sizeof path, "%s/case%06llu", dump, (unsigned long long)c);
+            f = fopen(path, "wb");
+            if (f) { fwrite(out, 1, ol, f); fclose(f); }
+            printf("case%06llu %s\n", (unsigned long long)c, code_name(rc));
+        }
         smask_free(t);
         free(orig);
     }
@@ -427,8 +436,10 @@ int main(int argc, char **argv) {
     cmd = argv[a++];
     if (strcmp(cmd, "selftest") == 0) return selftest();
     if (strcmp(cmd, "fuzz") == 0) {
-        if (argc - a < 3) { fprintf(stderr, "usage: smask-c fuzz SEED N TICKET...\n"); return 2; }
-        return fuzz(strtoull(argv[a], NULL, 10), strtoull(argv[a + 1], NULL, 10), argc - a - 2, argv + a + 2, &o);
+        const char *dump = NULL;
+        if (a + 1 < argc && strcmp(argv[a], "--dump") == 0) { dump = argv[a + 1]; a += 2; }
+        if (argc - a < 3) { fprintf(stderr, "usage: smask-c fuzz [--dump DIR] SEED N TICKET...\n"); return 2; }
+        return fuzz(strtoull(argv[a], NULL, 10), strtoull(argv[a + 1], NULL, 10), argc - a - 2, argv + a + 2, &o, dump);
     }
     if (strcmp(cmd, "bench") == 0) return bench(a < argc ? strtoull(argv[a], NULL, 10) : (UINT64_C(1) << 24));
     if (strcmp(cmd, "check") == 0) {
