@@ -321,12 +321,17 @@ def test_every_truncation_and_bit_flip_of_the_fixtures_is_rejected(smask_c, tmp_
 # ------------------------------------------------------------------------------- fuzz
 
 
+def cap_options() -> list[str]:
+    """The Python reader's memory cap (SUPERMASK_MAX_MEMORY or 4 GiB), for the C reader."""
+    return ["--max-memory", str(ticket.resolve_max_memory())]
+
+
 def check_many(exe: Path, paths: list[Path], *options: str) -> dict[str, str]:
     """Verdict line per file from one `smask-c check` process per batch."""
     out: dict[str, str] = {}
     for a in range(0, len(paths), 200):
         batch = paths[a:a + 200]
-        p = run(exe, "check", *options, *map(str, batch), check=False)
+        p = run(exe, *cap_options(), "check", *options, *map(str, batch), check=False)
         assert p.returncode in (0, 2), f"smask-c check crashed (exit {p.returncode}):\n{p.stderr[-4000:]}"
         assert "runtime error" not in p.stderr and "Sanitizer" not in p.stderr, p.stderr[-4000:]
         for line in p.stdout.splitlines():
@@ -613,7 +618,7 @@ def test_c_mutations_same_verdict_as_python(smask_c, tmp_path):
     import fuzzlib
 
     cases = max(5000, int(os.environ.get("SUPERMASK_NATIVE_FUZZ", "0")))
-    p = run(smask_c, "--max-weights", "1000000", "fuzz", "--dump", str(tmp_path), "11", str(cases),
+    p = run(smask_c, *cap_options(), "--max-weights", "1000000", "fuzz", "--dump", str(tmp_path), "11", str(cases),
             str(FIXTURES / "tiny-v1.smask"), str(FIXTURES / "tiny-v3.smask"))
     lines = p.stdout.splitlines()[:-1]
     assert len(lines) == cases
