@@ -631,3 +631,31 @@ def test_c_mutations_same_verdict_as_python(smask_c, tmp_path):
             mismatches.append((name, verdict, py))
     assert not mismatches, mismatches[:10]
     assert 0 < accepted < cases
+
+
+def test_many_placeholders_are_looked_up_quickly(smask_c, tmp_path):
+    """A version-3 table of 20,000 placeholders: names are matched by binary search, so the C
+    reader stays far below quadratic time."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    n = 20000
+    inits = []
+    for i in range(n):
+        t = TensorProto(name=f"p{i}", data_type=TensorProto.FLOAT, dims=[1, 1], data_location=TensorProto.EXTERNAL)
+        t.external_data.append(onnx.StringStringEntryProto(key="location", value="supermask:tensor"))
+        inits.append(t)
+    g = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "g",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    data = ticket3.encode_v3(model.SerializeToString(), seed=1, init=InitSpec("kaiming_uniform"),
+                             roles={f"p{i}": ("one" if i % 3 else "zero") for i in range(n)}, classes=["a"])
+    assert len(ticket.decode_ticket(data).tensors) == n
+    (tmp_path / "many.smask").write_bytes(data)
+    start = time.perf_counter()
+    lines = run(smask_c, "digest", str(tmp_path / "many.smask")).stdout.splitlines()
+    assert time.perf_counter() - start < 10
+    assert len(lines) == n
+    one, zero = sha(np.ones((1, 1), np.float32)), sha(np.zeros((1, 1), np.float32))
+    assert all(line == f"p{i} {one if i % 3 else zero}" for i, line in enumerate(lines))

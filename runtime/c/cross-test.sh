@@ -6,8 +6,8 @@
 #
 #   runtime/c/cross-test.sh [--install] [--src DIR | --rev REV] [--out DIR] [TARGET...]
 #
-#   TARGET     armhf (32-bit ARM), s390x (big-endian, 64-bit), powerpc or mips (big-endian,
-#              32-bit); default: armhf s390x
+#   TARGET     armhf (32-bit ARM), s390x (big-endian, 64-bit), mips (big-endian, 32-bit) or
+#              powerpc (qemu-ppc 7.2 cannot run its libm: SIGILL); default: armhf s390x mips
 #   --install  apt-get install qemu-user and the targets' cross compilers first (root, Debian)
 #   --src DIR  build the C sources in DIR instead of runtime/c (e.g. a patched copy)
 #   --rev REV  build the C sources of git revision REV (git archive into the output folder)
@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ ${#targets[@]} -gt 0 ] || targets=(armhf s390x)
+[ ${#targets[@]} -gt 0 ] || targets=(armhf s390x mips)
 
 declare -A CC=([armhf]=arm-linux-gnueabihf-gcc [s390x]=s390x-linux-gnu-gcc [powerpc]=powerpc-linux-gnu-gcc [mips]=mips-linux-gnu-gcc)
 declare -A QEMU=([armhf]=qemu-arm [s390x]=qemu-s390x [powerpc]=qemu-ppc [mips]=qemu-mips)

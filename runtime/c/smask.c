@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "smask_json.h"
@@ -920,6 +921,19 @@ static int parse_v12(smask_ticket *tk, const uint8_t *buf, size_t len, uint32_t 
 
 /* ------------------------------------------------------------------ version 3 */
 
+typedef struct {
+    const uint8_t *p;
+    size_t n, index;
+} phref;
+
+static int cmp_phref(const void *a, const void *b) {
+    const phref *x = (const phref *)a, *y = (const phref *)b;
+    size_t n = x->n < y->n ? x->n : y->n;
+    int c = n ? memcmp(x->p, y->p, n) : 0;
+    if (c) return c;
+    return x->n < y->n ? -1 : x->n > y->n;
+}
+
 static int parse_v3(smask_ticket *tk, const uint8_t *buf, size_t len, uint32_t slen, const smask_options *o,
                     smask_pool *tmp, smask_error *err) {
     static const char *const top[] = {"classes", "criterion", "fingerprint", "init", "keep", "metadata", "seed",
@@ -934,6 +948,7 @@ static int parse_v3(smask_ticket *tk, const uint8_t *buf, size_t len, uint32_t s
     smask_graph_info gi;
     uint64_t total = 0, offset = 0, payload_size, masks = 0, stored = 0;
     unsigned char *seen;
+    phref *sorted;
     if (smask_inflate(buf + 16, slen, 4 + 2 * (size_t)MAX_HEADER, tmp, &raw, &rawlen, err)) return err ? err->code : SMASK_ERR_FORMAT;
     if (rawlen < 4) return smask_fail(err, SMASK_ERR_FORMAT, "the header section is shorter than its 4-byte header length");
     J = le32(raw);
@@ -982,7 +997,14 @@ static int parse_v3(smask_ticket *tk, const uint8_t *buf, size_t len, uint32_t s
                           (unsigned long long)total, (unsigned long long)o->max_weights);
     tk->t = (tensor *)smask_pool_get(&tk->pool, (np ? np : 1) * sizeof(tensor));
     seen = (unsigned char *)smask_pool_get(tmp, np + 1);
-    if (!tk->t || !seen) return smask_fail(err, SMASK_ERR_NOMEM, "out of memory");
+    sorted = (phref *)smask_pool_get(tmp, (np + 1) * sizeof(phref));
+    if (!tk->t || !seen || !sorted) return smask_fail(err, SMASK_ERR_NOMEM, "out of memory");
+    for (i = 0; i < np; i++) {
+        sorted[i].p = gi.ph[i].name;
+        sorted[i].n = gi.ph[i].name_len;
+        sorted[i].index = i;
+    }
+    qsort(sorted, np, sizeof(phref), cmp_phref);
     tk->ntensors = np;
     tk->dist = dist;
     for (i = 0, c = JFIRST(&d, rows); c; c = JNEXT(&d, c), i++) {
@@ -993,12 +1015,19 @@ static int parse_v3(smask_ticket *tk, const uint8_t *buf, size_t len, uint32_t s
         static const char *const rolenames[] = {"zero", "masked", "regenerated", "one", "stored"};
         nm = d.nodes[r].type == J_OBJ ? smask_json_get(&d, (uint32_t)r, "name") : -1;
         if (nm >= 0 && d.nodes[nm].type == J_STR) {
-            /* placeholders are looked up by name; graphs are small, tables too */
-            for (k = 0; k < np; k++)
-                if (gi.ph[k].name_len == d.nodes[nm].len && memcmp(gi.ph[k].name, d.strbuf + d.nodes[nm].off, d.nodes[nm].len) == 0) {
-                    found = k;
-                    break;
-                }
+            /* binary search in the placeholders sorted by name */
+            size_t lo = 0, hi = np;
+            phref key;
+            key.p = d.strbuf + d.nodes[nm].off;
+            key.n = d.nodes[nm].len;
+            key.index = 0;
+            while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                int cmp = cmp_phref(&key, &sorted[mid]);
+                if (cmp == 0) { found = sorted[mid].index; break; }
+                if (cmp < 0) hi = mid;
+                else lo = mid + 1;
+            }
         }
         if (found == np || seen[found])
             return smask_fail(err, SMASK_ERR_FORMAT, "tensor table entry %lu is missing, repeated or not a placeholder of the graph",
