@@ -128,18 +128,9 @@ void smask_philox4x64_10(const uint64_t ctr[4], const uint64_t key[2], uint64_t 
     out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
 }
 
-uint64_t smask_tensor_key(const char *name, size_t len) {
-    smask_sha_ctx c;
-    uint8_t d[32];
-    uint64_t k = 0;
-    int i;
-    smask_sha_init(&c);
-    smask_sha_update(&c, (const uint8_t *)"supermask:", 10);
-    smask_sha_update(&c, (const uint8_t *)name, len);
-    smask_sha_final(&c, d);
-    for (i = 7; i >= 0; i--) k = (k << 8) | d[i];
-    return k;
-}
+static uint64_t key_of(const char *name, size_t name_len, int aux);
+
+uint64_t smask_tensor_key(const char *name, size_t len) { return key_of(name, len, 0); }
 
 /* The 32-bit value h_j of element j, from a stream keyed (seed, key1); blocks are cached. */
 typedef struct {
@@ -159,59 +150,73 @@ static uint32_t stream_half(stream *s, uint64_t j) {
     return (uint32_t)(s->words[word & 3] >> (32 * (j & 1)));
 }
 
+/* The value of one element from its 32-bit word half h (and g, the auxiliary stream's, for
+   normal inits); arg is b * 2^-24 for uniform, the scale otherwise. */
+static float element(int dist, uint32_t h, uint32_t g, float arg) {
+    if (dist == SMASK_DIST_UNIFORM) {
+        /* s >> 8 as an arithmetic shift, written without relying on signed shifts */
+        int32_t q = (h & 0x80000000u) ? -(int32_t)(((~h) >> 8) + 1) : (int32_t)(h >> 8);
+        float t = (float)(2 * q + 1);
+        float w = t * arg;
+        return w;
+    }
+    if (dist == SMASK_DIST_SIGNED_CONSTANT) return (h & 0x80000000u) ? -arg : arg;
+    if (dist == SMASK_DIST_NORMAL) {
+        const double half_pi = 3.141592653589793 / 2.0;
+        double u1 = ((double)(h & 0x7FFFFFFFu) + 1.0) * 4.656612873077393e-10; /* 2^-31 */
+        double u2 = (double)g * 2.3283064365386963e-10;                       /* 2^-32 */
+        double m = sqrt(-2.0 * log(u1)) * cos(half_pi * u2);
+        m *= (double)arg;
+        if (h & 0x80000000u) m = -m;
+        return (float)m;
+    }
+    return 0.0f;
+}
+
+static uint64_t key_of(const char *name, size_t name_len, int aux) {
+    smask_sha_ctx c;
+    uint8_t d[32];
+    uint64_t k = 0;
+    int i;
+    smask_sha_init(&c);
+    smask_sha_update(&c, (const uint8_t *)"supermask:", 10);
+    smask_sha_update(&c, (const uint8_t *)name, name_len);
+    if (aux) smask_sha_update(&c, (const uint8_t *)"\0normal", 7);
+    smask_sha_final(&c, d);
+    for (i = 7; i >= 0; i--) k = (k << 8) | d[i];
+    return k;
+}
+
 void smask_generate(uint64_t seed, const char *name, size_t name_len, int dist, float scale,
                     uint64_t start, float *dst, uint64_t n) {
     stream s, aux;
-    uint64_t j;
+    uint64_t j = 0;
+    float arg = dist == SMASK_DIST_UNIFORM ? scale * 5.9604644775390625e-08f : scale; /* b * 2^-24 is exact */
+    int normal = dist == SMASK_DIST_NORMAL;
     s.key[0] = seed;
-    s.key[1] = smask_tensor_key(name, name_len);
+    s.key[1] = key_of(name, name_len, 0);
     s.block = 0;
-    if (dist == SMASK_DIST_NORMAL) {
-        /* the auxiliary stream: tensor name + "\0normal" */
-        smask_sha_ctx c;
-        uint8_t d[32];
-        uint64_t k = 0;
-        int i;
-        smask_sha_init(&c);
-        smask_sha_update(&c, (const uint8_t *)"supermask:", 10);
-        smask_sha_update(&c, (const uint8_t *)name, name_len);
-        smask_sha_update(&c, (const uint8_t *)"\0normal", 7);
-        smask_sha_final(&c, d);
-        for (i = 7; i >= 0; i--) k = (k << 8) | d[i];
-        aux.key[0] = seed;
-        aux.key[1] = k;
-        aux.block = 0;
-    }
-    if (dist == SMASK_DIST_UNIFORM) {
-        float step = scale * 5.9604644775390625e-08f; /* b * 2^-24, exact */
-        for (j = 0; j < n; j++) {
-            uint32_t h = stream_half(&s, start + j);
-            /* s >> 8 as an arithmetic shift, written without relying on signed shifts */
-            int32_t q = (h & 0x80000000u) ? -(int32_t)(((~h) >> 8) + 1) : (int32_t)(h >> 8);
-            float t = (float)(2 * q + 1);
-            float w = t * step;
-            dst[j] = w;
+    aux.key[0] = seed;
+    aux.key[1] = normal ? key_of(name, name_len, 1) : 0;
+    aux.block = 0;
+    while (j < n) {
+        uint64_t e = start + j;
+        if ((e & 7) == 0 && n - j >= 8) {
+            /* a whole block: eight elements from four words (and four auxiliary words) */
+            uint64_t ctr[4], w[4], a[4];
+            int k;
+            ctr[0] = (e >> 3) + 1; ctr[1] = 0; ctr[2] = 0; ctr[3] = 0;
+            smask_philox4x64_10(ctr, s.key, w);
+            if (normal) smask_philox4x64_10(ctr, aux.key, a);
+            else a[0] = a[1] = a[2] = a[3] = 0;
+            for (k = 0; k < 8; k++)
+                dst[j + (uint64_t)k] = element(dist, (uint32_t)(w[k >> 1] >> (32 * (k & 1))),
+                                               (uint32_t)(a[k >> 1] >> (32 * (k & 1))), arg);
+            j += 8;
+        } else {
+            dst[j] = element(dist, stream_half(&s, e), normal ? stream_half(&aux, e) : 0, arg);
+            j++;
         }
-    } else if (dist == SMASK_DIST_SIGNED_CONSTANT) {
-        for (j = 0; j < n; j++) {
-            uint32_t h = stream_half(&s, start + j);
-            dst[j] = (h & 0x80000000u) ? -scale : scale;
-        }
-    } else if (dist == SMASK_DIST_NORMAL) {
-        const double half_pi = 3.141592653589793 / 2.0;
-        double sigma = (double)scale;
-        for (j = 0; j < n; j++) {
-            uint32_t h = stream_half(&s, start + j);
-            uint32_t g = stream_half(&aux, start + j);
-            double u1 = ((double)(h & 0x7FFFFFFFu) + 1.0) * 4.656612873077393e-10; /* 2^-31 */
-            double u2 = (double)g * 2.3283064365386963e-10;                       /* 2^-32 */
-            double m = sqrt(-2.0 * log(u1)) * cos(half_pi * u2);
-            m *= sigma;
-            if (h & 0x80000000u) m = -m;
-            dst[j] = (float)m;
-        }
-    } else {
-        for (j = 0; j < n; j++) dst[j] = 0.0f;
     }
 }
 
