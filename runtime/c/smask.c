@@ -88,6 +88,26 @@ void *smask_pool_get(smask_pool *p, size_t n) {
     return b + head;
 }
 
+void smask_pool_drop(smask_pool *p, void *ptr) {
+    const size_t head = 16;
+    uint8_t *want;
+    void *b = p->head, *prev = NULL;
+    if (!ptr) return;
+    want = (uint8_t *)ptr - head;
+    while (b) {
+        void *next;
+        memcpy(&next, b, sizeof(void *));
+        if (b == (void *)want) {
+            if (prev) memcpy(prev, &next, sizeof(void *));
+            else p->head = next;
+            p->free(p->ctx, b);
+            return;
+        }
+        prev = b;
+        b = next;
+    }
+}
+
 void smask_pool_release(smask_pool *p) {
     void *b = p->head;
     while (b) {

@@ -40,6 +40,7 @@ static int room(inf_state *s, size_t need) {
     nb = (uint8_t *)smask_pool_get(s->pool, ncap);
     if (!nb) { s->nomem = 1; return -4; }
     memcpy(nb, s->out, s->out_pos);
+    smask_pool_drop(s->pool, s->out);
     s->out = nb;
     s->out_cap = ncap;
     return 0;

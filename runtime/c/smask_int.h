@@ -24,6 +24,7 @@ typedef struct smask_pool {
 } smask_pool;
 void *smask_pool_get(smask_pool *p, size_t n); /* NULL on failure or overflow; zeroed */
 void smask_pool_release(smask_pool *p);
+void smask_pool_drop(smask_pool *p, void *ptr); /* give one block back early (NULL: nothing) */
 
 /* Raw DEFLATE with the format's preset dictionary. Writes at most cap bytes into *out
  * (allocated from pool). Returns 0 or fills err. */

@@ -14,7 +14,7 @@ typedef struct {
     smask_error *err;
     jdoc *doc;
     size_t cap;
-    const uint8_t **keyp; /* scratch for duplicate detection */
+    void *keys;           /* scratch for duplicate detection, reused by every object */
     size_t keycap;
 } jparser;
 
@@ -62,6 +62,7 @@ static int new_node(jparser *p, uint32_t *idx) {
         nn = (jnode *)smask_pool_get(p->pool, ncap * sizeof(jnode));
         if (!nn) return smask_fail(p->err, SMASK_ERR_NOMEM, "out of memory parsing the header");
         if (d->count) memcpy(nn, d->nodes, d->count * sizeof(jnode));
+        smask_pool_drop(p->pool, d->nodes);
         d->nodes = nn;
         p->cap = ncap;
     }
@@ -274,9 +275,15 @@ static int parse_value(jparser *p, uint32_t *out, int depth) {
         p->doc->nodes[idx].count = count;
         if (obj && count > 1) {
             /* duplicate keys: sort the keys and compare neighbours */
-            kref *keys = (kref *)smask_pool_get(p->pool, count * sizeof(kref));
+            kref *keys;
             uint32_t i, ch;
-            if (!keys) return smask_fail(p->err, SMASK_ERR_NOMEM, "out of memory parsing the header");
+            if (count > p->keycap) {
+                smask_pool_drop(p->pool, p->keys);
+                p->keys = smask_pool_get(p->pool, (size_t)count * 2 * sizeof(kref));
+                p->keycap = p->keys ? (size_t)count * 2 : 0;
+                if (!p->keys) return smask_fail(p->err, SMASK_ERR_NOMEM, "out of memory parsing the header");
+            }
+            keys = (kref *)p->keys;
             for (i = 0, ch = p->doc->nodes[idx].child; ch; ch = p->doc->nodes[ch - 1].next, i++) {
                 keys[i].p = p->doc->strbuf + p->doc->nodes[ch - 1].key_off;
                 keys[i].n = p->doc->nodes[ch - 1].key_len;
@@ -334,6 +341,27 @@ int smask_json_parse(const uint8_t *s, size_t n, smask_pool *pool, jdoc *doc, sm
         return smask_fail(err, SMASK_ERR_FORMAT, "header is not valid UTF-8 JSON: invalid UTF-8");
     doc->strbuf = (uint8_t *)smask_pool_get(pool, n + 1);
     if (!doc->strbuf) return smask_fail(err, SMASK_ERR_NOMEM, "out of memory parsing the header");
+    {
+        /* an upper bound of the number of values, so the node array is allocated once: every
+           value but the first follows a ',' '[' or ':' outside strings */
+        size_t i, bound = 1;
+        int in_str = 0;
+        for (i = 0; i < n; i++) {
+            uint8_t c = s[i];
+            if (in_str) {
+                if (c == '\\') i++;
+                else if (c == '"') in_str = 0;
+            } else if (c == '"') {
+                in_str = 1;
+            } else if (c == ',' || c == '[' || c == ':') {
+                bound++;
+            }
+        }
+        if (bound > 0xFFFFFFF0u / sizeof(jnode)) bound = 0xFFFFFFF0u / sizeof(jnode);
+        doc->nodes = (jnode *)smask_pool_get(pool, bound * sizeof(jnode));
+        if (!doc->nodes) return smask_fail(err, SMASK_ERR_NOMEM, "out of memory parsing the header");
+        p.cap = bound;
+    }
     if (parse_value(&p, &root, 0)) return err ? err->code : SMASK_ERR_FORMAT;
     skip_ws(&p);
     if (p.pos != n) return jfail(&p, "extra data");
