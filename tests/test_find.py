@@ -99,7 +99,9 @@ def test_find_and_sweep_share_their_options():
 
     f, s = opts(find), opts(sweep)
     assert set(f) - set(s) == {"model", "dataset", "seed"}
-    assert set(s) - set(f) == {"models", "dataset_names", "seeds"}
+    # what to sweep over, and where the runs go (the backend and its resources)
+    assert set(s) - set(f) == {"models", "dataset_names", "seeds", "backend", "address", "cpus_per_run",
+                               "gpus_per_run"}
     for name in set(f) & set(s) - {"out"}:
         assert f[name] == s[name], name
     assert {"lr", "batch_size", "epochs", "iterations", "device"} <= set(s)

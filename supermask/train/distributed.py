@@ -135,6 +135,11 @@ def joined(device: str) -> Iterator[tuple[Group, str]]:
             # every rank leaves together: gloo aborts a process whose peer is gone mid-teardown
             _collective("the end of the run", dist.barrier)
             dist.destroy_process_group()
+            # a group object that outlives this (held by a leftover reference) would be torn down at
+            # interpreter exit, where gloo's threads abort the process; collect it now
+            import gc
+
+            gc.collect()
         # after a failure the group is left to the process's exit: tearing it down could wait on a
         # dead peer
 
