@@ -1547,7 +1547,9 @@ int smask_run(const smask_ticket *tk, const float *input, uint64_t batch, float 
                 for (b = 0; b < batch; b++) {
                     float acc = 0.0f;
                     const float *xb = x + b * L->in;
-                    for (k = 0; k < L->in; k++) acc += w[k] * xb[k];
+                    /* each product rounded to float, so targets that evaluate float expressions
+                       in double (s390x gcc, FLT_EVAL_METHOD 1) give the same sums */
+                    for (k = 0; k < L->in; k++) { float p = w[k] * xb[k]; acc += p; }
                     y[b * L->out + o] = L->bias ? acc + bias[o] : acc;
                 }
             }
@@ -1573,7 +1575,8 @@ int smask_run(const smask_ticket *tk, const float *input, uint64_t batch, float 
                                     for (kx = 0; kx < L->k; kx++) {
                                         int64_t ix = (int64_t)(ox * L->stride + kx) - (int64_t)L->pad;
                                         if (ix < 0 || ix >= (int64_t)W) continue;
-                                        acc += w[(c * L->k + ky) * L->k + kx] * x[((b * L->in + c) * H + (uint64_t)iy) * W + (uint64_t)ix];
+                                        float p = w[(c * L->k + ky) * L->k + kx] * x[((b * L->in + c) * H + (uint64_t)iy) * W + (uint64_t)ix];
+                                        acc += p;
                                     }
                                 }
                             y[((b * L->out + o) * OH + oy) * OW + ox] = L->bias ? acc + bias[o] : acc;

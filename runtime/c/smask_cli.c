@@ -40,6 +40,9 @@ static const char *code_name(int c) {
     }
 }
 
+/* at most 2^34 bytes, and never more than size_t can count */
+#define READ_MAX ((uint64_t)SIZE_MAX < (UINT64_C(1) << 34) ? (size_t)SIZE_MAX : (size_t)(UINT64_C(1) << 34))
+
 static uint8_t *read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     uint8_t *buf = NULL;
@@ -50,7 +53,7 @@ static uint8_t *read_file(const char *path, size_t *len) {
         if (n == cap) {
             size_t ncap = cap ? cap * 2 : 65536;
             uint8_t *nb;
-            if (ncap > ((size_t)1 << 34)) { free(buf); fclose(f); return NULL; }
+            if (cap > READ_MAX / 2) { free(buf); fclose(f); return NULL; }
             nb = (uint8_t *)realloc(buf, ncap);
             if (!nb) { free(buf); fclose(f); return NULL; }
             buf = nb;
