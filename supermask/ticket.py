@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import json
 import math
@@ -226,10 +227,12 @@ class Ticket:
         return str(self.metadata.get("model") or "onnx graph")
 
     def tensor(self, name: str) -> TensorEntry:
-        for t in self.tensors:
-            if t.name == name:
-                return t
-        raise KeyError(name)
+        return self._by_name[name]
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, TensorEntry]:
+        # a dict, so a ticket of many tensors is not scanned once per tensor (quadratic time)
+        return {t.name: t for t in self.tensors}
 
     def init_weights(self, name: str) -> np.ndarray:
         """The unmasked initial weights of tensor ``name``, regenerated from the seed."""
