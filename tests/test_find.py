@@ -571,3 +571,17 @@ def test_a_find_that_fails_before_writing_leaves_no_folder(tmp_path, monkeypatch
     (out / "notes.txt").write_text("mine")
     r = run_cli("find", "--model", "lenet-300-100", "--dataset", "digits", "--iterations", "5", "--out", out, "-q")
     assert r.exit_code == 1 and (out / "notes.txt").exists()
+
+
+def test_the_ray_backend_without_ray_fails_before_the_folder_is_made(tmp_path, monkeypatch):
+    import sys
+
+    from supermask.errors import SweepError
+    from supermask.train.sweep import sweep
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(SweepError, match=r"--backend ray needs Ray: pip install 'supermask\[cluster\]'"):
+        sweep(["lenet-300-100"], ["digits"], [0], tmp_path / "s", backend="ray", iterations=2)
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(SweepError, match="apply to --backend ray only"):
+        sweep(["lenet-300-100"], ["digits"], [0], tmp_path / "s", cpus_per_run=2, iterations=2)
