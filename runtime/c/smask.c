@@ -38,10 +38,16 @@ typedef struct {
 } tensor;
 
 typedef struct {
-    int type; /* 0 linear, 1 conv2d, 2 relu, 3 maxpool2d, 4 flatten */
+    int type; /* 0 linear, 1 conv2d, 2 relu, 3 maxpool2d, 4 flatten; version 3 only: 5 an operation with
+                 a constant (scalar or one value per channel), 6 batch normalization (inference) */
     uint64_t in, out, k, pad, stride;
     int bias;
     size_t weight, bias_index; /* tensor indices */
+    int eop;                   /* 5: 0 add, 1 sub, 2 mul, 3 div */
+    const float *cval;         /* 5: the constant's values */
+    uint64_t ncval;            /* 5: 1 or the channel count */
+    size_t bn[4];              /* 6: scale, bias, mean, variance tensors */
+    float eps;                 /* 6 */
 } layer;
 
 struct smask_ticket {
@@ -61,6 +67,7 @@ struct smask_ticket {
     tensor *t;
     uint64_t max_memory;
     char fingerprint[17]; /* version 3 */
+    char run_msg[200];    /* version 3: why the graph cannot be streamed (empty when it can) */
 };
 
 /* ------------------------------------------------------------------ small helpers */
@@ -954,6 +961,325 @@ static int cmp_phref(const void *a, const void *b) {
     return x->n < y->n ? -1 : x->n > y->n;
 }
 
+/* ------------------------------------------------------------------ version-3 graphs as a layer list */
+
+#define MAX_STREAM_NODES 512
+
+static int bytes_is(smask_bytes b, const char *lit) {
+    size_t n = strlen(lit);
+    return b.n == n && memcmp(b.p, lit, n) == 0;
+}
+static int bytes_eq(smask_bytes a, smask_bytes b) { return a.n == b.n && (a.n == 0 || memcmp(a.p, b.p, a.n) == 0); }
+
+typedef struct {
+    smask_bytes name;
+    float *v;
+    uint64_t n, dims[8];
+    size_t ndim;
+} gconst;
+
+typedef struct {
+    smask_ticket *tk;
+    const smask_gnode *node;
+    gconst *consts;
+    size_t nconsts;
+} gctx;
+
+/* Records why the graph cannot be streamed; returns SMASK_ERR_UNSUPPORTED. */
+static int outside(gctx *g, const char *detail) {
+    char op[64];
+    size_t n = g->node ? g->node->op.n : 0;
+    if (n > sizeof op - 1) n = sizeof op - 1;
+    if (n) memcpy(op, g->node->op.p, n);
+    op[n] = 0;
+    snprintf(g->tk->run_msg, sizeof g->tk->run_msg, "this graph is outside the streaming vocabulary: %s%s%s%s; run it with onnxruntime",
+             n ? op : "graph", detail[0] ? " (" : "", detail, detail[0] ? ")" : "");
+    return SMASK_ERR_UNSUPPORTED;
+}
+
+static const smask_gattr *gattr(const smask_gnode *n, const char *name) {
+    size_t i;
+    for (i = 0; i < n->nattr && i < SMASK_NODE_ATTRS; i++)
+        if (bytes_is(n->attr[i].name, name)) return &n->attr[i];
+    return NULL;
+}
+
+/* Every attribute of the node is one of the names in `allowed` (NULL-terminated). */
+static int attrs_known(const smask_gnode *n, const char *const *allowed) {
+    size_t i, k;
+    for (i = 0; i < n->nattr; i++) {
+        int ok = 0;
+        for (k = 0; allowed[k]; k++)
+            if (bytes_is(n->attr[i].name, allowed[k])) ok = 1;
+        if (!ok) return 0;
+    }
+    return 1;
+}
+
+/* An integer attribute: absent -> def; 0 when present but not an integer. */
+static int int_attr(const smask_gnode *n, const char *name, int64_t def, int64_t *v) {
+    const smask_gattr *a = gattr(n, name);
+    if (!a) { *v = def; return 1; }
+    if (!a->has_i || a->nints || a->has_f || a->has_s || a->t.n || a->has_other) return 0;
+    *v = a->i;
+    return 1;
+}
+
+/* A list attribute whose values must all equal one number (absent -> def); 0 otherwise. */
+static int uniform_ints(const smask_gnode *n, const char *name, size_t count, int64_t def, int64_t *v) {
+    const smask_gattr *a = gattr(n, name);
+    size_t k;
+    if (!a) { *v = def; return 1; }
+    if (a->nints != count || a->has_i || a->has_f || a->has_s || a->t.n || a->has_other) return 0;
+    for (k = 1; k < count; k++)
+        if (a->ints[k] != a->ints[0]) return 0;
+    *v = a->ints[0];
+    return 1;
+}
+
+static int auto_pad_ok(const smask_gnode *n) {
+    const smask_gattr *a = gattr(n, "auto_pad");
+    return !a || (a->has_s && bytes_is(a->s, "NOTSET"));
+}
+
+static long find_tensor(const smask_ticket *tk, smask_bytes name) {
+    size_t i;
+    for (i = 0; i < tk->ntensors; i++)
+        if (tk->t[i].name_len == name.n && memcmp(tk->t[i].name, name.p, name.n) == 0) return (long)i;
+    return -1;
+}
+
+static const gconst *find_const(const gctx *g, smask_bytes name) {
+    size_t i;
+    for (i = g->nconsts; i-- > 0;)
+        if (bytes_eq(g->consts[i].name, name)) return &g->consts[i];
+    return NULL;
+}
+
+/* elements of an activation shape, or 0 when above 2^31 - 1 */
+static uint64_t act_elems(const uint64_t *s, size_t n) {
+    uint64_t p = 1;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        if (s[i] == 0 || s[i] > MAX_ELEMS || p * s[i] > MAX_ELEMS) return 0;
+        p *= s[i];
+    }
+    return p;
+}
+
+/* A placeholder input of `size` elements (bias-like) */
+static long vec_tensor(const smask_ticket *tk, smask_bytes name, uint64_t size) {
+    long i = find_tensor(tk, name);
+    if (i < 0 || tk->t[i].size != size) return -1;
+    return i;
+}
+
+static int compile_v3(smask_ticket *tk, const uint8_t *graph, size_t glen, smask_pool *tmp, const smask_graph_info *gi,
+                      uint64_t classes) {
+    static const char *const a_none[] = {NULL};
+    static const char *const a_cast[] = {"to", "saturate", NULL};
+    static const char *const a_flatten[] = {"axis", NULL};
+    static const char *const a_gemm[] = {"alpha", "beta", "transA", "transB", NULL};
+    static const char *const a_conv[] = {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides", NULL};
+    static const char *const a_pool[] = {"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order",
+                                         "strides", NULL};
+    static const char *const a_bn[] = {"epsilon", "momentum", "training_mode", NULL};
+    smask_gnode *nodes;
+    size_t nn, i, n = gi->input_ndim, nl = 0;
+    uint64_t s[3];
+    smask_error e;
+    smask_bytes cur;
+    gctx g;
+    layer *L;
+    g.tk = tk;
+    g.node = NULL;
+    g.nconsts = 0;
+    tk->run_msg[0] = 0;
+    if (smask_graph_nodes(graph, glen, tmp, MAX_STREAM_NODES, &nodes, &nn, &e)) return outside(&g, e.message);
+    g.consts = (gconst *)smask_pool_get(tmp, (nn + 1) * sizeof(gconst));
+    L = (layer *)smask_pool_get(&tk->pool, (nn + 1) * sizeof(layer));
+    if (!g.consts || !L) return outside(&g, "out of memory");
+    memset(s, 0, sizeof s);
+    for (i = 0; i < n; i++) s[i] = gi->input_dims[i];
+    cur.p = (const uint8_t *)"input";
+    cur.n = 5;
+    for (i = 0; i < nn; i++) {
+        smask_gnode *nd = &nodes[i];
+        layer *y = &L[nl];
+        smask_bytes op = nd->op;
+        int64_t v1, v2, v3, v4;
+        g.node = nd;
+        if (nd->nin > SMASK_NODE_IO || nd->nattr > SMASK_NODE_ATTRS || nd->nout != 1)
+            return outside(&g, "inputs, outputs or attributes");
+        if (bytes_is(op, "Constant")) {
+            const smask_gattr *a = gattr(nd, "value");
+            smask_gtensor t;
+            gconst *c = &g.consts[g.nconsts];
+            uint64_t cnt = 1, k;
+            const uint8_t *src;
+            if (nd->nin || nd->nattr != 1 || !a || !a->t.n || smask_graph_tensor(a->t, &t) || t.data_type != 1 ||
+                t.ndim > 8 || t.other_data)
+                return outside(&g, "only a float32 'value' tensor");
+            for (k = 0; k < t.ndim; k++) {
+                if (t.dims[k] > MAX_ELEMS || cnt * t.dims[k] > MAX_ELEMS) return outside(&g, "size");
+                cnt *= t.dims[k];
+            }
+            if (t.raw.n == 4 * cnt && !t.nfloat_fields) src = t.raw.p;
+            else if (!t.raw.n && t.nfloat_fields == 1 && t.floats.n == 4 * cnt) src = t.floats.p;
+            else return outside(&g, "tensor data");
+            c->v = (float *)smask_pool_get(&tk->pool, (size_t)(cnt ? cnt : 1) * sizeof(float));
+            if (!c->v) return outside(&g, "out of memory");
+            for (k = 0; k < cnt; k++) {
+                uint32_t u = le32(src + 4 * k);
+                memcpy(&c->v[k], &u, 4);
+            }
+            c->n = cnt;
+            c->ndim = t.ndim;
+            memcpy(c->dims, t.dims, sizeof c->dims);
+            c->name = nd->out[0];
+            g.nconsts++;
+            continue;
+        }
+        if (nd->nin < 1) return outside(&g, "no input");
+        memset(y, 0, sizeof *y);
+        if ((bytes_is(op, "Mul") || bytes_is(op, "Add")) && nd->nin == 2 && bytes_eq(nd->in[1], cur) &&
+            !bytes_eq(nd->in[0], cur)) {
+            /* commutative: constant first */
+            smask_bytes tmpb = nd->in[0];
+            nd->in[0] = nd->in[1];
+            nd->in[1] = tmpb;
+        }
+        if (!bytes_eq(nd->in[0], cur)) return outside(&g, "not a single chain from 'input' to 'logits'");
+        if (bytes_is(op, "Cast")) {
+            if (nd->nin != 1 || !attrs_known(nd, a_cast) || !int_attr(nd, "to", -1, &v1) || v1 != 1)
+                return outside(&g, "only to float32");
+        } else if (bytes_is(op, "Identity")) {
+            if (nd->nin != 1 || nd->nattr) return outside(&g, "");
+        } else if (bytes_is(op, "Relu")) {
+            if (nd->nin != 1 || !attrs_known(nd, a_none)) return outside(&g, "");
+            y->type = 2;
+            nl++;
+        } else if (bytes_is(op, "Flatten")) {
+            if (nd->nin != 1 || !attrs_known(nd, a_flatten) || !int_attr(nd, "axis", 1, &v1) || v1 != 1)
+                return outside(&g, "axis 1 only");
+            y->type = 4;
+            s[0] = act_elems(s, n);
+            n = 1;
+            nl++;
+        } else if (bytes_is(op, "Add") || bytes_is(op, "Sub") || bytes_is(op, "Mul") || bytes_is(op, "Div")) {
+            const gconst *c = nd->nin == 2 ? find_const(&g, nd->in[1]) : NULL;
+            size_t k;
+            int per_channel = 0;
+            if (!c || nd->nattr) return outside(&g, "the second operand must be a Constant");
+            if (c->ndim > n + 1) return outside(&g, "constant of higher rank than the activation");
+            for (k = 0; k < c->ndim; k++) {
+                size_t axis = n + 1 - c->ndim + k; /* 0 is the batch axis */
+                if (c->dims[k] == 1) continue;
+                if (axis == 1 && c->dims[k] == s[0]) per_channel = 1;
+                else return outside(&g, "only a scalar or one value per channel");
+            }
+            y->type = 5;
+            y->eop = bytes_is(op, "Add") ? 0 : bytes_is(op, "Sub") ? 1 : bytes_is(op, "Mul") ? 2 : 3;
+            y->cval = c->v;
+            y->ncval = per_channel ? s[0] : 1;
+            if (c->n != y->ncval) return outside(&g, "constant size");
+            nl++;
+        } else if (bytes_is(op, "Gemm")) {
+            long w, b = -1;
+            const tensor *T;
+            uint64_t in = act_elems(s, n);
+            int has_bias = nd->nin == 3 && nd->in[2].n;
+            if (n != 1 || nd->nin < 2 || nd->nin > 3 || !attrs_known(nd, a_gemm)) return outside(&g, "inputs");
+            if ((gattr(nd, "alpha") && gattr(nd, "alpha")->f != 1.0f) || (gattr(nd, "beta") && gattr(nd, "beta")->f != 1.0f) ||
+                !int_attr(nd, "transA", 0, &v1) || v1 != 0 || !int_attr(nd, "transB", 0, &v2) || v2 != 1)
+                return outside(&g, "only alpha 1, beta 1, transA 0, transB 1");
+            w = find_tensor(tk, nd->in[1]);
+            if (w < 0) return outside(&g, "the weight must be a ticket tensor");
+            T = &tk->t[w];
+            if (T->ndim != 2 || T->dims[1] != in) return outside(&g, "weight shape");
+            if (has_bias && (b = vec_tensor(tk, nd->in[2], T->dims[0])) < 0) return outside(&g, "the bias must be a ticket tensor of the output size");
+            y->type = 0;
+            y->in = in;
+            y->out = T->dims[0];
+            y->weight = (size_t)w;
+            y->bias = has_bias;
+            y->bias_index = has_bias ? (size_t)b : 0;
+            s[0] = y->out;
+            nl++;
+        } else if (bytes_is(op, "Conv")) {
+            long w, b = -1;
+            const tensor *T;
+            int has_bias = nd->nin == 3 && nd->in[2].n;
+            if (n != 3 || nd->nin < 2 || nd->nin > 3 || !attrs_known(nd, a_conv) || !auto_pad_ok(nd)) return outside(&g, "inputs");
+            w = find_tensor(tk, nd->in[1]);
+            if (w < 0) return outside(&g, "the weight must be a ticket tensor");
+            T = &tk->t[w];
+            if (T->ndim != 4 || T->dims[1] != s[0] || T->dims[2] != T->dims[3]) return outside(&g, "weight shape");
+            if (!int_attr(nd, "group", 1, &v1) || v1 != 1 || !uniform_ints(nd, "dilations", 2, 1, &v2) || v2 != 1 ||
+                !uniform_ints(nd, "kernel_shape", 2, (int64_t)T->dims[2], &v3) || (uint64_t)v3 != T->dims[2] ||
+                !uniform_ints(nd, "pads", 4, 0, &v4) || v4 < 0 || v4 > (1 << 20) ||
+                !uniform_ints(nd, "strides", 2, 1, &v1) || v1 < 1 || v1 > (1 << 20))
+                return outside(&g, "group 1, dilations 1, square kernel, equal pads and strides only");
+            if (T->dims[2] > s[1] + 2 * (uint64_t)v4 || T->dims[2] > s[2] + 2 * (uint64_t)v4) return outside(&g, "kernel larger than the input");
+            if (has_bias && (b = vec_tensor(tk, nd->in[2], T->dims[0])) < 0) return outside(&g, "the bias must be a ticket tensor of the output size");
+            y->type = 1;
+            y->in = s[0];
+            y->out = T->dims[0];
+            y->k = T->dims[2];
+            y->pad = (uint64_t)v4;
+            y->stride = (uint64_t)v1;
+            y->weight = (size_t)w;
+            y->bias = has_bias;
+            y->bias_index = has_bias ? (size_t)b : 0;
+            s[1] = (s[1] + 2 * y->pad - y->k) / y->stride + 1;
+            s[2] = (s[2] + 2 * y->pad - y->k) / y->stride + 1;
+            s[0] = y->out;
+            nl++;
+        } else if (bytes_is(op, "MaxPool")) {
+            if (n != 3 || nd->nin != 1 || !attrs_known(nd, a_pool) || !auto_pad_ok(nd) ||
+                !uniform_ints(nd, "kernel_shape", 2, 0, &v1) || v1 < 1 || (uint64_t)v1 > s[1] || (uint64_t)v1 > s[2] ||
+                !uniform_ints(nd, "strides", 2, 1, &v2) || v2 < 1 || v2 > (1 << 20) ||
+                !uniform_ints(nd, "pads", 4, 0, &v3) || v3 != 0 || !uniform_ints(nd, "dilations", 2, 1, &v4) || v4 != 1 ||
+                !int_attr(nd, "ceil_mode", 0, &v3) || v3 != 0 || !int_attr(nd, "storage_order", 0, &v4) || v4 != 0)
+                return outside(&g, "square kernel, equal strides, no padding, ceil_mode 0 only");
+            y->type = 3;
+            y->k = (uint64_t)v1;
+            y->stride = (uint64_t)v2;
+            s[1] = (s[1] - y->k) / y->stride + 1;
+            s[2] = (s[2] - y->k) / y->stride + 1;
+            nl++;
+        } else if (bytes_is(op, "BatchNormalization")) {
+            size_t k;
+            const smask_gattr *ea = gattr(nd, "epsilon");
+            if (nd->nin != 5 || !attrs_known(nd, a_bn) || !int_attr(nd, "training_mode", 0, &v1) || v1 != 0 ||
+                (ea && (!ea->has_f || !isfinite(ea->f) || ea->f < 0)))
+                return outside(&g, "inference mode only");
+            for (k = 0; k < 4; k++) {
+                long t = vec_tensor(tk, nd->in[k + 1], s[0]);
+                if (t < 0) return outside(&g, "scale, bias, mean and variance must be ticket tensors of the channel count");
+                y->bn[k] = (size_t)t;
+            }
+            y->type = 6;
+            y->in = s[0];
+            y->eps = ea ? ea->f : 1e-5f;
+            nl++;
+        } else {
+            return outside(&g, "");
+        }
+        if (!act_elems(s, n)) return outside(&g, "activation larger than 2^31 - 1 elements");
+        cur = nd->out[0];
+    }
+    g.node = NULL;
+    if (!bytes_is(cur, "logits")) return outside(&g, "the chain does not end in 'logits'");
+    if (n != 1 || s[0] != classes) return outside(&g, "the output is not one value per class");
+    tk->layers = L;
+    tk->nlayers = nl;
+    tk->input_ndim = gi->input_ndim;
+    for (i = 0; i < 3; i++) tk->input_shape[i] = i < gi->input_ndim ? gi->input_dims[i] : 0;
+    tk->nclasses = classes;
+    return 0;
+}
+
 static int parse_v3(smask_ticket *tk, const uint8_t *buf, size_t len, uint32_t slen, const smask_options *o,
                     smask_pool *tmp, smask_error *err) {
     static const char *const top[] = {"classes", "criterion", "fingerprint", "init", "keep", "metadata", "seed",
@@ -1125,6 +1451,8 @@ static int parse_v3(smask_ticket *tk, const uint8_t *buf, size_t len, uint32_t s
     if (check_criterion_keep(&h, smask_json_get(&d, (uint32_t)root, "criterion"), smask_json_get(&d, (uint32_t)root, "keep")) ||
         check_metadata(&h, smask_json_get(&d, (uint32_t)root, "metadata")))
         return err ? err->code : SMASK_ERR_FORMAT;
+    /* a graph outside the streaming vocabulary is still a valid ticket: smask_run says why */
+    compile_v3(tk, raw + 4 + J, rawlen - 4 - J, tmp, &gi, d.nodes[cls].count);
     return 0;
 }
 
@@ -1414,8 +1742,13 @@ static int ws_init(const smask_ticket *tk, wstream *w, size_t idx, smask_error *
 static void ws_next(const smask_ticket *tk, wstream *w, float *dst, uint64_t n) {
     const tensor *t = w->t;
     uint64_t j;
-    if (t->role == SMASK_ROLE_ZERO) {
-        for (j = 0; j < n; j++) dst[j] = 0.0f;
+    if (t->role == SMASK_ROLE_ZERO || t->role == SMASK_ROLE_ONE) {
+        for (j = 0; j < n; j++) dst[j] = t->role == SMASK_ROLE_ONE ? 1.0f : 0.0f;
+    } else if (t->role == SMASK_ROLE_STORED) {
+        for (j = 0; j < n; j++) {
+            uint32_t u = le32(t->payload + 4 * (w->pos + j));
+            memcpy(&dst[j], &u, 4);
+        }
     } else {
         smask_generate(tk->seed, t->name, t->name_len, t->dist, t->scale, w->pos, dst, n);
         if (t->role == SMASK_ROLE_MASKED) {
@@ -1508,8 +1841,9 @@ int smask_run(const smask_ticket *tk, const float *input, uint64_t batch, float 
     uint64_t act, row, s[3], b, j, inner;
     size_t n, i;
     float *x, *y, *w, *bias;
-    if (!tk || !tk->layers)
-        return smask_fail(err, SMASK_ERR_ARGUMENT, "smask_run runs version 1 and 2 tickets (the layer list); version 3 carries an ONNX graph");
+    if (tk && !tk->layers && tk->version == 3)
+        return smask_fail(err, SMASK_ERR_UNSUPPORTED, "%s", tk->run_msg[0] ? tk->run_msg : "this graph cannot be streamed");
+    if (!tk || !tk->layers) return smask_fail(err, SMASK_ERR_ARGUMENT, "smask_run needs a ticket");
     run_sizes(tk, &act, &row);
     if (scratch_len < 2 * batch * act + row + act) return smask_fail(err, SMASK_ERR_ARGUMENT, "scratch buffer too small");
     x = scratch;
@@ -1519,8 +1853,9 @@ int smask_run(const smask_ticket *tk, const float *input, uint64_t batch, float 
     n = tk->input_ndim;
     memcpy(s, tk->input_shape, sizeof s);
     inner = elems(s, n) / (n == 3 ? s[0] : 1);
-    /* preprocessing, in float32 */
-    for (b = 0; b < batch; b++)
+    /* preprocessing, in float32 (a version-3 graph does its own, as operations with constants) */
+    if (tk->version == 3) memcpy(x, input, (size_t)(batch * elems(s, n)) * sizeof(float));
+    else for (b = 0; b < batch; b++)
         for (j = 0; j < elems(s, n); j++) {
             size_t c = n == 3 ? (size_t)(j / inner) : 0;
             float v = input[b * elems(s, n) + j] * tk->pre_scale;
@@ -1534,6 +1869,35 @@ int smask_run(const smask_ticket *tk, const float *input, uint64_t batch, float 
         if (L->type == 4) { s[0] = insz; n = 1; continue; }
         if (L->type == 2) {
             for (j = 0; j < batch * insz; j++) x[j] = x[j] < 0.0f ? 0.0f : x[j];
+            continue;
+        }
+        if (L->type == 5) { /* x op constant; the constant is a scalar or has one value per channel */
+            uint64_t per = L->ncval == 1 ? insz : insz / L->ncval;
+            for (j = 0; j < batch * insz; j++) {
+                float c = L->cval[L->ncval == 1 ? 0 : (j % insz) / per];
+                x[j] = L->eop == 0 ? x[j] + c : L->eop == 1 ? x[j] - c : L->eop == 2 ? x[j] * c : x[j] / c;
+            }
+            continue;
+        }
+        if (L->type == 6) { /* batch normalization with the running statistics: y = x * a + c per channel,
+                               a = scale / sqrt(var + eps), c = bias - mean * a */
+            uint64_t per = insz / L->in, c;
+            for (c = 0; c < L->in; c++) {
+                float v[4], a, m, off;
+                int k;
+                for (k = 0; k < 4; k++)
+                    if (smask_tensor_weights_range(tk, L->bn[k], c, &v[k], 1, err)) return err ? err->code : SMASK_ERR_FORMAT;
+                a = v[3] + L->eps;
+                a = sqrtf(a);
+                a = 1.0f / a;
+                a = a * v[0];
+                m = v[2] * a;
+                off = v[1] - m;
+                for (b = 0; b < batch; b++) {
+                    float *p = x + b * insz + c * per;
+                    for (j = 0; j < per; j++) { float q = p[j] * a; p[j] = q + off; }
+                }
+            }
             continue;
         }
         if (L->type == 0) { /* linear: one weight row at a time */

@@ -39,7 +39,8 @@ enum {
     SMASK_ERR_LIMIT = 4,       /* above max_weights or max_memory */
     SMASK_ERR_VERIFY = 5,      /* regenerated weights do not match the fingerprints */
     SMASK_ERR_NOMEM = 6,       /* the allocator returned NULL */
-    SMASK_ERR_ARGUMENT = 7     /* bad argument (index out of range, buffer too small, ...) */
+    SMASK_ERR_ARGUMENT = 7,    /* bad argument (index out of range, buffer too small, ...) */
+    SMASK_ERR_UNSUPPORTED = 8  /* smask_run: a version-3 graph outside the streaming vocabulary */
 };
 
 /* Tensor roles. */

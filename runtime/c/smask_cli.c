@@ -5,7 +5,7 @@
  *   smask-c digest TICKET          "name sha256" of each tensor's float32 little-endian bytes
  *   smask-c verify TICKET          parse and check the fingerprints
  *   smask-c check FILE...          parse + verify each file; one verdict line per file
- *   smask-c run TICKET INPUT       logits of a version-1/2 ticket on float32 inputs (N x input size,
+ *   smask-c run TICKET INPUT       logits of a ticket on float32 inputs (N x input size,
  *                                  little-endian), one row per line, weights made as they are used
  *   smask-c bench [N]              generator and SHA-256 throughput on N elements (default 2^24)
  *   smask-c fuzz [--dump DIR] SEED N TICKET...  N mutations of the tickets' headers, graphs and payloads,
@@ -15,7 +15,8 @@
  *   smask-c selftest               known-answer tests of SHA-256, Philox and the codecs
  *
  * Options before the command: --max-weights N, --max-memory BYTES.
- * Exit status: 0 ok, 1 bad ticket, 2 usage or I/O error. */
+ * Exit status: 0 ok, 1 bad ticket, 2 usage or I/O error, 3 (run) a version-3 graph outside the
+ * streaming vocabulary. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,7 @@ static const char *code_name(int c) {
     case SMASK_ERR_LIMIT: return "limit";
     case SMASK_ERR_VERIFY: return "verify";
     case SMASK_ERR_NOMEM: return "nomem";
+    case SMASK_ERR_UNSUPPORTED: return "unsupported";
     default: return "argument";
     }
 }
@@ -168,7 +170,12 @@ static int cmd_run(const smask_ticket *t, const char *path, smask_error *err) {
     uint64_t per = smask_input_size(t), batch, j, scratch_n, classes = smask_num_classes(t);
     float *in, *logits, *scratch;
     int rc;
-    if (!per) { fprintf(stderr, "smask-c: run needs a version 1 or 2 ticket\n"); free(raw); return 1; }
+    if (!per) { /* a version-3 graph outside the streaming vocabulary: smask_run says why */
+        rc = smask_run(t, NULL, 0, NULL, NULL, 0, err);
+        fprintf(stderr, "smask-c: %s\n", rc ? err->message : "nothing to run");
+        free(raw);
+        return rc == SMASK_ERR_UNSUPPORTED ? 3 : 1;
+    }
     if (!raw) { fprintf(stderr, "smask-c: cannot read %s\n", path); return 2; }
     if (len == 0 || len % (4 * per)) {
         fprintf(stderr, "smask-c: %s holds %lu bytes, not a whole number of inputs of %llu float32 values\n", path,

@@ -54,6 +54,40 @@ typedef struct {
 int smask_vet_graph(const uint8_t *g, size_t len, smask_pool *pool, smask_graph_info *info,
                     smask_error *err);
 
+/* The nodes of a vetted version-3 graph, for streaming inference: operator, inputs, outputs
+ * and attributes as byte ranges of the graph (valid while the graph bytes are). */
+typedef struct { const uint8_t *p; size_t n; } smask_bytes;
+#define SMASK_NODE_IO 6
+#define SMASK_NODE_ATTRS 10
+#define SMASK_ATTR_INTS 8
+typedef struct {
+    smask_bytes name, t;      /* t: an embedded TensorProto (n 0 if none) */
+    int has_f, has_i, has_s, has_other;
+    float f;
+    int64_t i;
+    smask_bytes s;
+    int64_t ints[SMASK_ATTR_INTS];
+    size_t nints;             /* may exceed SMASK_ATTR_INTS: only the first ones are kept */
+} smask_gattr;
+typedef struct {
+    smask_bytes op, in[SMASK_NODE_IO], out[SMASK_NODE_IO];
+    size_t nin, nout, nattr;  /* may exceed the array sizes: such nodes are not streamed */
+    smask_gattr attr[SMASK_NODE_ATTRS];
+} smask_gnode;
+/* A TensorProto's type, dims and data (raw_data or float_data). */
+typedef struct {
+    int64_t data_type;
+    uint64_t dims[8];
+    size_t ndim;              /* may exceed 8 */
+    smask_bytes raw, floats;  /* floats: packed fixed32 runs are concatenated only when single */
+    size_t nfloat_fields;
+    int other_data;           /* int/double/string data or external data present */
+} smask_gtensor;
+/* The main graph's nodes, at most max_nodes (SMASK_ERR_LIMIT when there are more). */
+int smask_graph_nodes(const uint8_t *g, size_t len, smask_pool *pool, size_t max_nodes, smask_gnode **nodes,
+                      size_t *count, smask_error *err);
+int smask_graph_tensor(smask_bytes t, smask_gtensor *out);
+
 /* Sign bits of elements [start, start + n) of a tensor (bit j of the output: element start + j),
  * packed least significant bit first: every distribution takes its sign from h_j's top bit
  * (for normal inits m = 0 only gives -0.0, whose sign bit is set too). */

@@ -542,3 +542,178 @@ int smask_vet_graph(const uint8_t *g, size_t len, smask_pool *pool, smask_graph_
     }
     return SMASK_OK;
 }
+
+/* ------------------------------------------------------------------ nodes, for streaming inference */
+
+/* The next field of a message in [*pos, end): number, wire type, varint/fixed value or the
+ * byte range of a length-delimited value. -1 when malformed. */
+static int pb_next(const uint8_t *b, size_t *pos, size_t end, uint64_t *field, int *wire, uint64_t *val,
+                   size_t *vs, size_t *ve) {
+    uint64_t key = 0, v = 0;
+    int shift = 0, k;
+    size_t p = *pos;
+    for (;;) {
+        if (p >= end || shift > 63) return -1;
+        key |= (uint64_t)(b[p] & 0x7f) << shift;
+        shift += 7;
+        if (b[p++] < 0x80) break;
+    }
+    *field = key >> 3;
+    *wire = (int)(key & 7);
+    if (*wire == 0 || *wire == 2) {
+        shift = 0;
+        for (;;) {
+            if (p >= end || shift > 63) return -1;
+            v |= (uint64_t)(b[p] & 0x7f) << shift;
+            shift += 7;
+            if (b[p++] < 0x80) break;
+        }
+        if (*wire == 2) {
+            if (v > end - p) return -1;
+            *vs = p;
+            *ve = p + (size_t)v;
+            p += (size_t)v;
+        }
+    } else if (*wire == 1 || *wire == 5) {
+        size_t n = *wire == 1 ? 8 : 4;
+        if (n > end - p) return -1;
+        for (k = (int)n - 1; k >= 0; k--) v = (v << 8) | b[p + (size_t)k];
+        *vs = p;
+        p += n;
+    } else {
+        return -1;
+    }
+    *val = v;
+    *pos = p;
+    return 0;
+}
+
+static int read_varints(const uint8_t *b, size_t s, size_t e, int64_t *out, size_t cap, size_t *n) {
+    while (s < e) {
+        uint64_t v = 0;
+        int shift = 0;
+        for (;;) {
+            if (s >= e || shift > 63) return -1;
+            v |= (uint64_t)(b[s] & 0x7f) << shift;
+            shift += 7;
+            if (b[s++] < 0x80) break;
+        }
+        if (*n < cap) out[*n] = (int64_t)v;
+        (*n)++;
+    }
+    return 0;
+}
+
+static int read_attr(const uint8_t *b, size_t s, size_t e, smask_gattr *a) {
+    size_t pos = s, vs = 0, ve = 0;
+    uint64_t field, val;
+    int wire;
+    memset(a, 0, sizeof *a);
+    while (pos < e) {
+        if (pb_next(b, &pos, e, &field, &wire, &val, &vs, &ve)) return -1;
+        if (field == 1 && wire == 2) { a->name.p = b + vs; a->name.n = ve - vs; }
+        else if (field == 2 && wire == 5) {
+            uint32_t u = (uint32_t)val;
+            memcpy(&a->f, &u, 4);
+            a->has_f = 1;
+        } else if (field == 3 && wire == 0) { a->i = (int64_t)val; a->has_i = 1; }
+        else if (field == 4 && wire == 2) { a->s.p = b + vs; a->s.n = ve - vs; a->has_s = 1; }
+        else if (field == 5 && wire == 2) { a->t.p = b + vs; a->t.n = ve - vs; }
+        else if (field == 8 && wire == 0) {
+            if (a->nints < SMASK_ATTR_INTS) a->ints[a->nints] = (int64_t)val;
+            a->nints++;
+        } else if (field == 8 && wire == 2) {
+            if (read_varints(b, vs, ve, a->ints, SMASK_ATTR_INTS, &a->nints)) return -1;
+        } else if (field != 20 && field != 13 && field != 21) {
+            a->has_other = 1; /* floats, strings, graphs, tensors lists, types */
+        }
+    }
+    return 0;
+}
+
+static int read_node(const uint8_t *b, size_t s, size_t e, smask_gnode *n) {
+    size_t pos = s, vs = 0, ve = 0;
+    uint64_t field, val;
+    int wire;
+    memset(n, 0, sizeof *n);
+    while (pos < e) {
+        if (pb_next(b, &pos, e, &field, &wire, &val, &vs, &ve)) return -1;
+        if (wire != 2) continue;
+        if (field == 1) {
+            if (n->nin < SMASK_NODE_IO) { n->in[n->nin].p = b + vs; n->in[n->nin].n = ve - vs; }
+            n->nin++;
+        } else if (field == 2) {
+            if (n->nout < SMASK_NODE_IO) { n->out[n->nout].p = b + vs; n->out[n->nout].n = ve - vs; }
+            n->nout++;
+        } else if (field == 4) {
+            n->op.p = b + vs;
+            n->op.n = ve - vs;
+        } else if (field == 5) {
+            if (n->nattr < SMASK_NODE_ATTRS && read_attr(b, vs, ve, &n->attr[n->nattr])) return -1;
+            n->nattr++;
+        }
+    }
+    return 0;
+}
+
+int smask_graph_nodes(const uint8_t *g, size_t len, smask_pool *pool, size_t max_nodes, smask_gnode **nodes,
+                      size_t *count, smask_error *err) {
+    size_t pos = 0, vs = 0, ve = 0, gs = 0, ge = 0, n = 0;
+    uint64_t field, val;
+    int wire, have = 0;
+    *nodes = NULL;
+    *count = 0;
+    while (pos < len) {
+        if (pb_next(g, &pos, len, &field, &wire, &val, &vs, &ve))
+            return smask_fail(err, SMASK_ERR_FORMAT, "graph: malformed model");
+        if (field == 7 && wire == 2) { gs = vs; ge = ve; have = 1; }
+    }
+    if (!have) return smask_fail(err, SMASK_ERR_FORMAT, "graph: model has no graph");
+    for (pos = gs; pos < ge;) { /* count the nodes */
+        if (pb_next(g, &pos, ge, &field, &wire, &val, &vs, &ve))
+            return smask_fail(err, SMASK_ERR_FORMAT, "graph: malformed graph");
+        if (field == 1 && wire == 2) n++;
+    }
+    if (n > max_nodes)
+        return smask_fail(err, SMASK_ERR_LIMIT, "the graph has %lu nodes; streaming inference takes at most %lu",
+                          (unsigned long)n, (unsigned long)max_nodes);
+    *nodes = (smask_gnode *)smask_pool_get(pool, (n ? n : 1) * sizeof(smask_gnode));
+    if (!*nodes) return smask_fail(err, SMASK_ERR_NOMEM, "out of memory reading the graph's nodes");
+    for (pos = gs; pos < ge;) {
+        if (pb_next(g, &pos, ge, &field, &wire, &val, &vs, &ve))
+            return smask_fail(err, SMASK_ERR_FORMAT, "graph: malformed graph");
+        if (field == 1 && wire == 2) {
+            if (read_node(g, vs, ve, &(*nodes)[*count])) return smask_fail(err, SMASK_ERR_FORMAT, "graph: malformed node");
+            (*count)++;
+        }
+    }
+    return 0;
+}
+
+int smask_graph_tensor(smask_bytes t, smask_gtensor *out) {
+    size_t pos = 0, vs = 0, ve = 0;
+    uint64_t field, val;
+    int wire;
+    memset(out, 0, sizeof *out);
+    while (pos < t.n) {
+        if (pb_next(t.p, &pos, t.n, &field, &wire, &val, &vs, &ve)) return -1;
+        if (field == 1) {
+            if (wire == 0) {
+                if (out->ndim < 8) out->dims[out->ndim] = val;
+                out->ndim++;
+            } else if (wire == 2) {
+                int64_t tmp[8];
+                size_t k, before = out->ndim;
+                if (read_varints(t.p, vs, ve, tmp, 8, &out->ndim)) return -1;
+                for (k = before; k < out->ndim && k < 8; k++) out->dims[k] = (uint64_t)tmp[k];
+            }
+        } else if (field == 2 && wire == 0) out->data_type = (int64_t)val;
+        else if (field == 4) {
+            if (wire == 2) { out->floats.p = t.p + vs; out->floats.n = ve - vs; out->nfloat_fields++; }
+            else out->other_data = 1;
+        } else if (field == 9 && wire == 2) { out->raw.p = t.p + vs; out->raw.n = ve - vs; }
+        else if (field == 5 || field == 6 || field == 7 || field == 10 || field == 11 || field == 13 || field == 14 ||
+                 field == 3) out->other_data = 1;
+    }
+    return 0;
+}
