@@ -591,10 +591,11 @@ def test_streaming_run_matches_the_python_runtime(smask_c, tmp_path, scheme, cod
     assert (got.argmax(1) == ref.argmax(1)).all()
 
 
-def test_run_refuses_version_3_and_bad_inputs(smask_c, tmp_path):
+def test_run_refuses_bad_inputs(smask_c, tmp_path):
+    """Inputs that are not a whole number of examples (version-3 streaming: test_native_run.py)."""
     (tmp_path / "x.bin").write_bytes(b"\0" * 12)
     p = run(smask_c, "run", str(FIXTURES / "tiny-v3.smask"), str(tmp_path / "x.bin"), check=False)
-    assert p.returncode == 1 and "version 1 or 2" in p.stderr
+    assert p.returncode == 2 and "not a whole number of inputs" in p.stderr
     p = run(smask_c, "run", str(FIXTURES / "tiny-v1.smask"), str(tmp_path / "x.bin"), check=False)
     assert p.returncode == 2 and "not a whole number of inputs" in p.stderr
 
