@@ -1780,19 +1780,35 @@ static uint64_t elems(const uint64_t *s, size_t n) {
 uint64_t smask_input_size(const smask_ticket *t) { return t && t->layers ? elems(t->input_shape, t->input_ndim) : 0; }
 uint64_t smask_num_classes(const smask_ticket *t) { return t && t->layers ? t->nclasses : 0; }
 
-/* Walk the layer shapes: the largest activation and the largest weight row. */
-static void run_sizes(const smask_ticket *tk, uint64_t *max_act, uint64_t *max_row) {
+/* Weights are made in pieces of at most this many floats (a linear row) or this many floats
+   worth of whole input channels (a convolution filter, at least one channel). */
+#define RUN_PIECE 256
+
+static uint64_t linear_piece(uint64_t in) { return in < RUN_PIECE ? in : RUN_PIECE; }
+static uint64_t conv_channels(const layer *L) {
+    uint64_t kk = L->k * L->k, c = RUN_PIECE / kk;
+    if (c < 1) c = 1;
+    return c < L->in ? c : L->in;
+}
+
+/* Walk the layer shapes. The two activation buffers take turns: the input (and every layer
+   that works in place) uses the current one, a linear, convolution or pooling layer writes the
+   other. buf[0], buf[1]: the largest activation each holds; *max_row: the largest weight piece. */
+static void run_sizes(const smask_ticket *tk, uint64_t buf[2], uint64_t *max_row) {
     uint64_t s[3], a;
     size_t n = tk->input_ndim, i;
+    int cur = 0;
     memcpy(s, tk->input_shape, sizeof s);
-    *max_act = elems(s, n);
+    buf[0] = elems(s, n);
+    buf[1] = 1;
     *max_row = 1;
     for (i = 0; i < tk->nlayers; i++) {
         const layer *L = &tk->layers[i];
+        int writes = L->type == 0 || L->type == 1 || L->type == 3;
         if (L->type == 4) { s[0] = elems(s, n); n = 1; }
-        else if (L->type == 0) { if (L->in > *max_row) *max_row = L->in; s[0] = L->out; }
+        else if (L->type == 0) { if (linear_piece(L->in) > *max_row) *max_row = linear_piece(L->in); s[0] = L->out; }
         else if (L->type == 1) {
-            if (L->in * L->k * L->k > *max_row) *max_row = L->in * L->k * L->k;
+            if (conv_channels(L) * L->k * L->k > *max_row) *max_row = conv_channels(L) * L->k * L->k;
             s[1] = (s[1] + 2 * L->pad - L->k) / L->stride + 1;
             s[2] = (s[2] + 2 * L->pad - L->k) / L->stride + 1;
             s[0] = L->out;
@@ -1800,8 +1816,9 @@ static void run_sizes(const smask_ticket *tk, uint64_t *max_act, uint64_t *max_r
             s[1] = (s[1] - L->k) / L->stride + 1;
             s[2] = (s[2] - L->k) / L->stride + 1;
         }
+        if (writes) cur = 1 - cur;
         a = elems(s, n);
-        if (a > *max_act) *max_act = a;
+        if (a > buf[cur]) buf[cur] = a;
     }
 }
 
@@ -1830,26 +1847,25 @@ uint64_t smask_run_cost(const smask_ticket *tk) {
 }
 
 uint64_t smask_run_scratch(const smask_ticket *tk, uint64_t batch) {
-    uint64_t act, row;
+    uint64_t buf[2], row;
     if (!tk || !tk->layers) return 0;
-    run_sizes(tk, &act, &row);
-    return 2 * batch * act + row + act;
+    run_sizes(tk, buf, &row);
+    return batch * (buf[0] + buf[1]) + row;
 }
 
 int smask_run(const smask_ticket *tk, const float *input, uint64_t batch, float *logits, float *scratch,
               uint64_t scratch_len, smask_error *err) {
-    uint64_t act, row, s[3], b, j, inner;
+    uint64_t buf[2], row, s[3], b, j, inner;
     size_t n, i;
-    float *x, *y, *w, *bias;
+    float *x, *y, *w;
     if (tk && !tk->layers && tk->version == 3)
         return smask_fail(err, SMASK_ERR_UNSUPPORTED, "%s", tk->run_msg[0] ? tk->run_msg : "this graph cannot be streamed");
     if (!tk || !tk->layers) return smask_fail(err, SMASK_ERR_ARGUMENT, "smask_run needs a ticket");
-    run_sizes(tk, &act, &row);
-    if (scratch_len < 2 * batch * act + row + act) return smask_fail(err, SMASK_ERR_ARGUMENT, "scratch buffer too small");
+    run_sizes(tk, buf, &row);
+    if (scratch_len < batch * (buf[0] + buf[1]) + row) return smask_fail(err, SMASK_ERR_ARGUMENT, "scratch buffer too small");
     x = scratch;
-    y = scratch + batch * act;
-    w = y + batch * act;
-    bias = w + row;
+    y = scratch + batch * buf[0];
+    w = y + batch * buf[1];
     n = tk->input_ndim;
     memcpy(s, tk->input_shape, sizeof s);
     inner = elems(s, n) / (n == 3 ? s[0] : 1);
@@ -1900,51 +1916,65 @@ int smask_run(const smask_ticket *tk, const float *input, uint64_t batch, float 
             }
             continue;
         }
-        if (L->type == 0) { /* linear: one weight row at a time */
+        if (L->type == 0) { /* linear: one weight row at a time, made in pieces */
             wstream ws, bs;
-            uint64_t o, k;
+            uint64_t o, k, k0, piece = linear_piece(L->in);
+            float bv = 0.0f;
             if (ws_init(tk, &ws, L->weight, err)) return err ? err->code : SMASK_ERR_FORMAT;
             if (L->bias && ws_init(tk, &bs, L->bias_index, err)) return err ? err->code : SMASK_ERR_FORMAT;
-            if (L->bias) ws_next(tk, &bs, bias, L->out);
             for (o = 0; o < L->out; o++) {
-                ws_next(tk, &ws, w, L->in);
-                for (b = 0; b < batch; b++) {
-                    float acc = 0.0f;
-                    const float *xb = x + b * L->in;
-                    /* each product rounded to float, so targets that evaluate float expressions
-                       in double (s390x gcc, FLT_EVAL_METHOD 1) give the same sums */
-                    for (k = 0; k < L->in; k++) { float p = w[k] * xb[k]; acc += p; }
-                    y[b * L->out + o] = L->bias ? acc + bias[o] : acc;
+                if (L->bias) ws_next(tk, &bs, &bv, 1);
+                for (k0 = 0; k0 < L->in; k0 += piece) {
+                    uint64_t kn = L->in - k0 < piece ? L->in - k0 : piece;
+                    ws_next(tk, &ws, w, kn);
+                    for (b = 0; b < batch; b++) {
+                        /* the partial sum waits in the output between pieces (a float, as acc is) */
+                        float acc = k0 ? y[b * L->out + o] : 0.0f;
+                        const float *xb = x + b * L->in + k0;
+                        /* each product rounded to float, so targets that evaluate float expressions
+                           in double (s390x gcc, FLT_EVAL_METHOD 1) give the same sums */
+                        for (k = 0; k < kn; k++) { float p = w[k] * xb[k]; acc += p; }
+                        y[b * L->out + o] = acc;
+                    }
                 }
+                if (L->bias)
+                    for (b = 0; b < batch; b++) y[b * L->out + o] = y[b * L->out + o] + bv;
             }
             s[0] = L->out;
             outsz = L->out;
-        } else if (L->type == 1) { /* conv2d: one filter at a time */
+        } else if (L->type == 1) { /* conv2d: one filter at a time, made a few input channels at a time */
             wstream ws, bs;
-            uint64_t o, c, oy, ox, ky, kx, H = s[1], W = s[2];
+            uint64_t o, c, c0, oy, ox, ky, kx, H = s[1], W = s[2], kk = L->k * L->k, cpp = conv_channels(L);
             uint64_t OH = (H + 2 * L->pad - L->k) / L->stride + 1, OW = (W + 2 * L->pad - L->k) / L->stride + 1;
+            float bv = 0.0f;
             if (ws_init(tk, &ws, L->weight, err)) return err ? err->code : SMASK_ERR_FORMAT;
             if (L->bias && ws_init(tk, &bs, L->bias_index, err)) return err ? err->code : SMASK_ERR_FORMAT;
-            if (L->bias) ws_next(tk, &bs, bias, L->out);
             for (o = 0; o < L->out; o++) {
-                ws_next(tk, &ws, w, L->in * L->k * L->k);
-                for (b = 0; b < batch; b++)
-                    for (oy = 0; oy < OH; oy++)
-                        for (ox = 0; ox < OW; ox++) {
-                            float acc = 0.0f;
-                            for (c = 0; c < L->in; c++)
-                                for (ky = 0; ky < L->k; ky++) {
-                                    int64_t iy = (int64_t)(oy * L->stride + ky) - (int64_t)L->pad;
-                                    if (iy < 0 || iy >= (int64_t)H) continue;
-                                    for (kx = 0; kx < L->k; kx++) {
-                                        int64_t ix = (int64_t)(ox * L->stride + kx) - (int64_t)L->pad;
-                                        if (ix < 0 || ix >= (int64_t)W) continue;
-                                        float p = w[(c * L->k + ky) * L->k + kx] * x[((b * L->in + c) * H + (uint64_t)iy) * W + (uint64_t)ix];
-                                        acc += p;
+                if (L->bias) ws_next(tk, &bs, &bv, 1);
+                for (c0 = 0; c0 < L->in; c0 += cpp) {
+                    uint64_t cn = L->in - c0 < cpp ? L->in - c0 : cpp;
+                    int last = c0 + cn == L->in;
+                    ws_next(tk, &ws, w, cn * kk);
+                    for (b = 0; b < batch; b++)
+                        for (oy = 0; oy < OH; oy++)
+                            for (ox = 0; ox < OW; ox++) {
+                                float *out = &y[((b * L->out + o) * OH + oy) * OW + ox];
+                                float acc = c0 ? *out : 0.0f;
+                                for (c = 0; c < cn; c++)
+                                    for (ky = 0; ky < L->k; ky++) {
+                                        int64_t iy = (int64_t)(oy * L->stride + ky) - (int64_t)L->pad;
+                                        if (iy < 0 || iy >= (int64_t)H) continue;
+                                        for (kx = 0; kx < L->k; kx++) {
+                                            int64_t ix = (int64_t)(ox * L->stride + kx) - (int64_t)L->pad;
+                                            if (ix < 0 || ix >= (int64_t)W) continue;
+                                            float p = w[(c * L->k + ky) * L->k + kx] *
+                                                      x[((b * L->in + c0 + c) * H + (uint64_t)iy) * W + (uint64_t)ix];
+                                            acc += p;
+                                        }
                                     }
-                                }
-                            y[((b * L->out + o) * OH + oy) * OW + ox] = L->bias ? acc + bias[o] : acc;
-                        }
+                                *out = last && L->bias ? acc + bv : acc;
+                            }
+                }
             }
             s[0] = L->out; s[1] = OH; s[2] = OW;
             outsz = elems(s, 3);
