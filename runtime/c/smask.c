@@ -18,7 +18,7 @@
 typedef struct {
     char *name;
     size_t name_len;
-    uint64_t dims[SMASK_MAX_DIMS];
+    uint64_t *dims; /* ndim values (at least one allocated) */
     size_t ndim;
     uint64_t size;
     int role, dist;
@@ -28,14 +28,18 @@ typedef struct {
     int codec; /* 0 bitpack, 1 entropy */
     const uint8_t *payload;
     uint64_t length, offset, kept;
-    /* versions 1 and 2: the fingerprint of 3.5 */
+    struct fprint *fp; /* versions 1 and 2 */
+} tensor;
+
+/* versions 1 and 2: a tensor's fingerprint (3.5) */
+typedef struct fprint {
     uint8_t fp_sha[64];
     size_t fp_sha_len;
     size_t nprobes;
     int64_t probe_pos[64];
     int probe_pos_ok[64];
     float probe_val[64];
-} tensor;
+} fprint;
 
 typedef struct {
     int type; /* 0 linear, 1 conv2d, 2 relu, 3 maxpool2d, 4 flatten; version 3 only: 5 an operation with
@@ -724,9 +728,9 @@ static int parse_fingerprint(hctx *h, tensor *t, int fp) {
         if (f->type != J_OBJ || !smask_json_has_exactly(h->d, (uint32_t)fp, keys)) goto malformed;
         s = smask_json_get(h->d, (uint32_t)fp, "sha256");
         if (N(h, s)->type != J_STR || N(h, s)->cps != 16) goto malformed;
-        if (N(h, s)->len > sizeof t->fp_sha) goto malformed;
-        memcpy(t->fp_sha, h->d->strbuf + N(h, s)->off, N(h, s)->len);
-        t->fp_sha_len = N(h, s)->len;
+        if (N(h, s)->len > sizeof t->fp->fp_sha) goto malformed;
+        memcpy(t->fp->fp_sha, h->d->strbuf + N(h, s)->off, N(h, s)->len);
+        t->fp->fp_sha_len = N(h, s)->len;
     } else {
         static const char *const keys[] = {"sign_sha256", "probes", NULL};
         int s, pr;
@@ -736,13 +740,13 @@ static int parse_fingerprint(hctx *h, tensor *t, int fp) {
         pr = smask_json_get(h->d, (uint32_t)fp, "probes");
         if (N(h, s)->type != J_STR || N(h, pr)->type != J_ARR || N(h, pr)->count > 64) goto malformed;
         /* sign digests longer than 16 characters can never match; keep a marker of that */
-        if (N(h, s)->len <= sizeof t->fp_sha) {
-            memcpy(t->fp_sha, h->d->strbuf + N(h, s)->off, N(h, s)->len);
-            t->fp_sha_len = N(h, s)->len;
+        if (N(h, s)->len <= sizeof t->fp->fp_sha) {
+            memcpy(t->fp->fp_sha, h->d->strbuf + N(h, s)->off, N(h, s)->len);
+            t->fp->fp_sha_len = N(h, s)->len;
         } else {
-            t->fp_sha_len = sizeof t->fp_sha + 1;
+            t->fp->fp_sha_len = sizeof t->fp->fp_sha + 1;
         }
-        t->nprobes = 0;
+        t->fp->nprobes = 0;
         for (c = JFIRST(h->d, pr); c; c = JNEXT(h->d, c)) {
             const jnode *p = &h->d->nodes[c - 1];
             int a, b;
@@ -753,11 +757,11 @@ static int parse_fingerprint(hctx *h, tensor *t, int fp) {
             if (N(h, a)->type != J_NUM || !N(h, a)->isint) goto malformed;
             if (N(h, b)->type != J_STR || N(h, b)->cps > 40 || from_hex(h->d->strbuf + N(h, b)->off, N(h, b)->len, &v))
                 goto malformed;
-            t->probe_pos_ok[t->nprobes] = N(h, a)->fits && (!N(h, a)->neg || N(h, a)->mag == 0) &&
+            t->fp->probe_pos_ok[t->fp->nprobes] = N(h, a)->fits && (!N(h, a)->neg || N(h, a)->mag == 0) &&
                                           N(h, a)->mag < (UINT64_C(1) << 62);
-            t->probe_pos[t->nprobes] = (int64_t)N(h, a)->mag;
-            t->probe_val[t->nprobes] = (float)v;
-            t->nprobes++;
+            t->fp->probe_pos[t->fp->nprobes] = (int64_t)N(h, a)->mag;
+            t->fp->probe_val[t->fp->nprobes] = (float)v;
+            t->fp->nprobes++;
         }
     }
     return 0;
@@ -838,6 +842,8 @@ static int parse_v12(smask_ticket *tk, const uint8_t *buf, size_t len, uint32_t 
         t->name_len = p->name_len;
         t->ndim = p->ndim;
         t->size = 1;
+        t->dims = (uint64_t *)smask_pool_get(&tk->pool, (p->ndim ? p->ndim : 1) * sizeof(uint64_t));
+        if (!t->dims) return smask_fail(err, SMASK_ERR_NOMEM, "out of memory");
         for (k = 0; k < p->ndim; k++) { t->dims[k] = p->dims[k]; t->size *= p->dims[k]; }
         t->multiplier = 1.0f;
         t->is_bias = p->is_bias;
@@ -903,6 +909,8 @@ static int parse_v12(smask_ticket *tk, const uint8_t *buf, size_t len, uint32_t 
             t->dist = dist;
             t->scale = expected;
         }
+        t->fp = (fprint *)smask_pool_get(&tk->pool, sizeof(fprint));
+        if (!t->fp) return smask_fail(err, SMASK_ERR_NOMEM, "out of memory");
         if (parse_fingerprint(&h, t, smask_json_get(&d, (uint32_t)r, "fingerprint"))) return err ? err->code : SMASK_ERR_FORMAT;
         if (t->role == SMASK_ROLE_MASKED) {
             uint64_t v;
@@ -1097,7 +1105,7 @@ static int compile_v3(smask_ticket *tk, const uint8_t *graph, size_t glen, smask
     tk->run_msg[0] = 0;
     if (smask_graph_nodes(graph, glen, tmp, MAX_STREAM_NODES, &nodes, &nn, &e)) return outside(&g, e.message);
     g.consts = (gconst *)smask_pool_get(tmp, (nn + 1) * sizeof(gconst));
-    L = (layer *)smask_pool_get(&tk->pool, (nn + 1) * sizeof(layer));
+    L = (layer *)smask_pool_get(tmp, (nn + 1) * sizeof(layer));
     if (!g.consts || !L) return outside(&g, "out of memory");
     memset(s, 0, sizeof s);
     for (i = 0; i < n; i++) s[i] = gi->input_dims[i];
@@ -1272,7 +1280,9 @@ static int compile_v3(smask_ticket *tk, const uint8_t *graph, size_t glen, smask
     g.node = NULL;
     if (!bytes_is(cur, "logits")) return outside(&g, "the chain does not end in 'logits'");
     if (n != 1 || s[0] != classes) return outside(&g, "the output is not one value per class");
-    tk->layers = L;
+    tk->layers = (layer *)smask_pool_get(&tk->pool, (nl ? nl : 1) * sizeof(layer)); /* only what is used */
+    if (!tk->layers) return outside(&g, "out of memory");
+    memcpy(tk->layers, L, nl * sizeof(layer));
     tk->nlayers = nl;
     tk->input_ndim = gi->input_ndim;
     for (i = 0; i < 3; i++) tk->input_shape[i] = i < gi->input_ndim ? gi->input_dims[i] : 0;
@@ -1384,6 +1394,8 @@ static int parse_v3(smask_ticket *tk, const uint8_t *buf, size_t len, uint32_t s
         if (!t->name) return smask_fail(err, SMASK_ERR_NOMEM, "out of memory");
         t->name_len = ph->name_len;
         t->ndim = ph->ndim;
+        t->dims = (uint64_t *)smask_pool_get(&tk->pool, (ph->ndim ? ph->ndim : 1) * sizeof(uint64_t));
+        if (!t->dims) return smask_fail(err, SMASK_ERR_NOMEM, "out of memory");
         for (k = 0; k < ph->ndim; k++) t->dims[k] = ph->dims[k];
         t->size = ph->size;
         t->multiplier = 1.0f;
@@ -1688,17 +1700,17 @@ int smask_verify(const smask_ticket *tk, smask_error *err) {
         smask_sha_final(&c, d);
         for (k = 0; k < 8; k++) { hex[2 * k] = HEX[d[k] >> 4]; hex[2 * k + 1] = HEX[d[k] & 15]; }
         hex[16] = 0;
-        if (t->fp_sha_len != 16 || memcmp(t->fp_sha, hex, 16) != 0)
+        if (t->fp->fp_sha_len != 16 || memcmp(t->fp->fp_sha, hex, 16) != 0)
             return smask_fail(err, SMASK_ERR_VERIFY, "regenerated weights of '%s' do not match the ticket (%s): wrong seed, name or generator",
                               t->name, t->dist == SMASK_DIST_NORMAL ? "signs" : "sha256");
         if (t->dist == SMASK_DIST_NORMAL) {
-            if (t->nprobes != npp)
+            if (t->fp->nprobes != npp)
                 return smask_fail(err, SMASK_ERR_VERIFY, "probe positions of '%s' do not match its size", t->name);
             for (k = 0; k < npp; k++) {
                 int64_t dist;
-                if (!t->probe_pos_ok[k] || (uint64_t)t->probe_pos[k] != ppos[k])
+                if (!t->fp->probe_pos_ok[k] || (uint64_t)t->fp->probe_pos[k] != ppos[k])
                     return smask_fail(err, SMASK_ERR_VERIFY, "probe positions of '%s' do not match its size", t->name);
-                dist = ordered(probes[k]) - ordered(t->probe_val[k]);
+                dist = ordered(probes[k]) - ordered(t->fp->probe_val[k]);
                 if (dist < 0) dist = -dist;
                 if (dist > 2)
                     return smask_fail(err, SMASK_ERR_VERIFY, "regenerated '%s' differs from the ticket by %lld ulps (tolerance 2)",

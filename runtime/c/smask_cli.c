@@ -8,6 +8,8 @@
  *   smask-c run TICKET INPUT       logits of a ticket on float32 inputs (N x input size,
  *                                  little-endian), one row per line, weights made as they are used
  *   smask-c bench [N]              generator and SHA-256 throughput on N elements (default 2^24)
+ *   smask-c bench TICKET [RUNS]    streaming inference, batch 1: memory (parse peak, parsed ticket,
+ *                                  scratch) and the median time of RUNS inferences, one JSON line
  *   smask-c fuzz [--dump DIR] SEED N TICKET...  N mutations of the tickets' headers, graphs and payloads,
  *                                  re-signed (version 3: re-deflated as stored blocks), each
  *                                  parsed, verified and (small networks) run; counts by verdict
@@ -17,6 +19,9 @@
  * Options before the command: --max-weights N, --max-memory BYTES.
  * Exit status: 0 ok, 1 bad ticket, 2 usage or I/O error, 3 (run) a version-3 graph outside the
  * streaming vocabulary. */
+#if defined(__unix__) || defined(__APPLE__)
+#define _POSIX_C_SOURCE 199309L /* clock_gettime, for the timings of `bench TICKET` */
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -229,6 +234,109 @@ static int bench(uint64_t n) {
     b = clock();
     printf("sha256                   %12.1f MB/s\n", (double)n * 4 / seconds(a, b) / 1e6);
     printf("(checksum %g %02x)\n", sum, d[0]);
+    free(buf);
+    return 0;
+}
+
+/* ---- bench TICKET: memory and time of streaming inference, batch 1 ---- */
+
+typedef struct { uint64_t now, peak, blocks; } counting;
+
+static void *count_alloc(void *ctx, size_t n) {
+    counting *c = (counting *)ctx;
+    unsigned char *p;
+    if (n > SIZE_MAX - 16) return NULL;
+    p = (unsigned char *)malloc(n + 16);
+    if (!p) return NULL;
+    memcpy(p, &n, sizeof n);
+    c->now += n;
+    c->blocks++;
+    if (c->now > c->peak) c->peak = c->now;
+    return p + 16;
+}
+static void count_free(void *ctx, void *q) {
+    counting *c = (counting *)ctx;
+    unsigned char *p = (unsigned char *)q - 16;
+    size_t n;
+    memcpy(&n, p, sizeof n);
+    c->now -= n;
+    c->blocks--;
+    free(p);
+}
+
+static double now_s(void) {
+#if defined(_POSIX_C_SOURCE) && _POSIX_C_SOURCE >= 199309L
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+#else
+    return (double)clock() / CLOCKS_PER_SEC;
+#endif
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* One JSON line: ticket bytes; the allocator's peak during smask_parse and what the parsed
+   ticket keeps (bytes asked for, without the allocator's own overhead); the scratch of batch 1;
+   the median, minimum and mean wall time of `runs` inferences of one input (after one warm-up). */
+static int bench_ticket(const char *path, uint64_t runs, const smask_options *base) {
+    size_t len;
+    uint8_t *buf = read_file(path, &len);
+    smask_options o = *base;
+    counting c = {0, 0, 0};
+    smask_ticket *t = NULL;
+    smask_error err;
+    uint64_t held, held_blocks, ns, per, k, classes;
+    float *in, *lg, *sc;
+    double *times, sum = 0;
+    if (!buf) { fprintf(stderr, "smask-c: cannot read %s\n", path); return 2; }
+    if (runs < 1) runs = 1;
+    o.alloc = count_alloc;
+    o.free = count_free;
+    o.ctx = &c;
+    if (smask_parse(buf, len, &o, &t, &err) || smask_verify(t, &err)) {
+        fprintf(stderr, "smask-c: %s: %s\n", path, err.message);
+        smask_free(t);
+        free(buf);
+        return 1;
+    }
+    held = c.now;
+    held_blocks = c.blocks;
+    per = smask_input_size(t);
+    classes = smask_num_classes(t);
+    if (!per) {
+        smask_run(t, NULL, 0, NULL, NULL, 0, &err);
+        fprintf(stderr, "smask-c: %s\n", err.message);
+        smask_free(t);
+        free(buf);
+        return 3;
+    }
+    ns = smask_run_scratch(t, 1);
+    in = alloc_floats(per);
+    lg = alloc_floats(classes);
+    sc = alloc_floats(ns);
+    times = (double *)malloc((size_t)runs * sizeof(double));
+    if (!in || !lg || !sc || !times) { free(in); free(lg); free(sc); free(times); smask_free(t); free(buf); return 2; }
+    for (k = 0; k < per; k++) in[k] = (float)((k * 37) % 256);
+    if (smask_run(t, in, 1, lg, sc, ns, &err)) { fprintf(stderr, "smask-c: %s\n", err.message); return 1; }
+    for (k = 0; k < runs; k++) {
+        double a = now_s();
+        smask_run(t, in, 1, lg, sc, ns, &err);
+        times[k] = now_s() - a;
+        sum += times[k];
+    }
+    qsort(times, (size_t)runs, sizeof(double), cmp_double);
+    printf("{\"ticket_bytes\": %lu, \"parse_peak_bytes\": %llu, \"ticket_struct_bytes\": %llu, \"ticket_struct_blocks\": %llu, "
+           "\"scratch_floats\": %llu, \"scratch_bytes\": %llu, \"multiply_adds\": %llu, \"runs\": %llu, "
+           "\"median_us\": %.3f, \"min_us\": %.3f, \"mean_us\": %.3f, \"logit0\": \"%a\"}\n",
+           (unsigned long)len, (unsigned long long)c.peak, (unsigned long long)held, (unsigned long long)held_blocks,
+           (unsigned long long)ns, (unsigned long long)(4 * ns), (unsigned long long)smask_run_cost(t),
+           (unsigned long long)runs, 1e6 * times[runs / 2], 1e6 * times[0], 1e6 * sum / (double)runs, (double)lg[0]);
+    free(in); free(lg); free(sc); free(times);
+    smask_free(t);
     free(buf);
     return 0;
 }
@@ -451,7 +559,11 @@ int main(int argc, char **argv) {
         if (argc - a < 3) { fprintf(stderr, "usage: smask-c fuzz [--dump DIR] SEED N TICKET...\n"); return 2; }
         return fuzz(strtoull(argv[a], NULL, 10), strtoull(argv[a + 1], NULL, 10), argc - a - 2, argv + a + 2, &o, dump);
     }
-    if (strcmp(cmd, "bench") == 0) return bench(a < argc ? strtoull(argv[a], NULL, 10) : (UINT64_C(1) << 24));
+    if (strcmp(cmd, "bench") == 0) {
+        if (a < argc && strspn(argv[a], "0123456789") != strlen(argv[a]))
+            return bench_ticket(argv[a], a + 1 < argc ? strtoull(argv[a + 1], NULL, 10) : 1000, &o);
+        return bench(a < argc ? strtoull(argv[a], NULL, 10) : (UINT64_C(1) << 24));
+    }
     if (strcmp(cmd, "check") == 0) {
         /* one verdict per file: "ok PATH" or "reject CODE PATH: message"; with --run, version 1
            and 2 tickets of at most 2^24 multiply-adds also run on one all-zero input */
