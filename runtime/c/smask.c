@@ -1739,17 +1739,25 @@ typedef struct {
     const tensor *t;
     uint64_t pos;
     rans r;
+    uint64_t key, aux_key; /* the generator's keys, made once */
 } wstream;
 
 static int ws_init(const smask_ticket *tk, wstream *w, size_t idx, smask_error *err) {
     w->t = &tk->t[idx];
     w->pos = 0;
+    w->key = w->aux_key = 0;
+    if (w->t->role == SMASK_ROLE_MASKED || w->t->role == SMASK_ROLE_REGENERATED) {
+        w->key = smask_tensor_key(w->t->name, w->t->name_len);
+        if (w->t->dist == SMASK_DIST_NORMAL) w->aux_key = smask_aux_key(w->t->name, w->t->name_len);
+    }
     if (w->t->role == SMASK_ROLE_MASKED && w->t->codec == 1)
         return rans_init(&w->r, w->t->payload, w->t->length, err);
     if ((w->t->role == SMASK_ROLE_MASKED || w->t->role == SMASK_ROLE_REGENERATED) && !scale_ok(w->t))
         return smask_fail(err, SMASK_ERR_FORMAT, "tensor '%s': scale is outside (2**-60, 2**60)", w->t->name);
     return 0;
 }
+
+static void ws_masked(const smask_ticket *tk, wstream *w, float *dst, uint64_t n);
 
 static void ws_next(const smask_ticket *tk, wstream *w, float *dst, uint64_t n) {
     const tensor *t = w->t;
@@ -1762,24 +1770,43 @@ static void ws_next(const smask_ticket *tk, wstream *w, float *dst, uint64_t n) 
             memcpy(&dst[j], &u, 4);
         }
     } else {
-        smask_generate(tk->seed, t->name, t->name_len, t->dist, t->scale, w->pos, dst, n);
-        if (t->role == SMASK_ROLE_MASKED) {
-            for (j = 0; j < n; j++) {
-                int bit;
-                if (t->codec == 0) {
-                    uint64_t e = w->pos + j;
-                    bit = (t->payload[e >> 3] >> (e & 7)) & 1;
-                } else {
-                    bit = (w->r.state == 0 && w->r.m == 0) ? 0 : rans_bit(&w->r);
-                }
-                if (!bit) dst[j] = 0.0f;
-            }
-        }
+        if (t->role == SMASK_ROLE_REGENERATED) smask_generate_keyed(tk->seed, w->key, w->aux_key, t->dist, t->scale, w->pos, dst, n);
+        else ws_masked(tk, w, dst, n);
         if (t->multiplier != 1.0f)
             for (j = 0; j < n; j++) dst[j] = dst[j] * t->multiplier;
         for (j = 0; j < n; j++) dst[j] = dst[j] + 0.0f;
     }
     w->pos += n;
+}
+
+static void ws_masked(const smask_ticket *tk, wstream *w, float *dst, uint64_t n) {
+    const tensor *t = w->t;
+    uint64_t j;
+    {
+        /* masked: the mask bits first (1.0f kept, 0.0f pruned), then values only for the
+           generator blocks of eight elements that keep at least one weight */
+        uint64_t j1;
+        float v[8];
+        for (j = 0; j < n; j++) {
+            int bit;
+            if (t->codec == 0) {
+                uint64_t e = w->pos + j;
+                bit = (t->payload[e >> 3] >> (e & 7)) & 1;
+            } else {
+                bit = (w->r.state == 0 && w->r.m == 0) ? 0 : rans_bit(&w->r);
+            }
+            dst[j] = bit ? 1.0f : 0.0f;
+        }
+        for (j = 0; j < n; j = j1) {
+            uint64_t e = w->pos + j, k, any = 0;
+            j1 = j + (8 - (e & 7));
+            if (j1 > n) j1 = n;
+            for (k = j; k < j1; k++) any |= dst[k] != 0.0f;
+            if (!any) continue;
+            smask_generate_keyed(tk->seed, w->key, w->aux_key, t->dist, t->scale, e, v, j1 - j);
+            for (k = j; k < j1; k++) dst[k] = dst[k] != 0.0f ? v[k - j] : 0.0f;
+        }
+    }
 }
 
 static uint64_t elems(const uint64_t *s, size_t n) {

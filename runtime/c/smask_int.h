@@ -88,6 +88,12 @@ int smask_graph_nodes(const uint8_t *g, size_t len, smask_pool *pool, size_t max
                       size_t *count, smask_error *err);
 int smask_graph_tensor(smask_bytes t, smask_gtensor *out);
 
+/* smask_generate with the tensor's keys computed once (smask_tensor_key, smask_aux_key: the
+ * second key is used by normal inits only), for callers that make a tensor a piece at a time. */
+uint64_t smask_aux_key(const char *name, size_t len);
+void smask_generate_keyed(uint64_t seed, uint64_t key, uint64_t aux_key, int dist, float scale, uint64_t start,
+                          float *dst, uint64_t n);
+
 /* Sign bits of elements [start, start + n) of a tensor (bit j of the output: element start + j),
  * packed least significant bit first: every distribution takes its sign from h_j's top bit
  * (for normal inits m = 0 only gives -0.0, whose sign bit is set too). */

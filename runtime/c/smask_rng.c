@@ -187,17 +187,25 @@ static uint64_t key_of(const char *name, size_t name_len, int aux) {
     return k;
 }
 
+uint64_t smask_aux_key(const char *name, size_t len) { return key_of(name, len, 1); }
+
 void smask_generate(uint64_t seed, const char *name, size_t name_len, int dist, float scale,
                     uint64_t start, float *dst, uint64_t n) {
+    smask_generate_keyed(seed, key_of(name, name_len, 0), dist == SMASK_DIST_NORMAL ? key_of(name, name_len, 1) : 0,
+                         dist, scale, start, dst, n);
+}
+
+void smask_generate_keyed(uint64_t seed, uint64_t key, uint64_t aux_key, int dist, float scale, uint64_t start,
+                          float *dst, uint64_t n) {
     stream s, aux;
     uint64_t j = 0;
     float arg = dist == SMASK_DIST_UNIFORM ? scale * 5.9604644775390625e-08f : scale; /* b * 2^-24 is exact */
     int normal = dist == SMASK_DIST_NORMAL;
     s.key[0] = seed;
-    s.key[1] = key_of(name, name_len, 0);
+    s.key[1] = key;
     s.block = 0;
     aux.key[0] = seed;
-    aux.key[1] = normal ? key_of(name, name_len, 1) : 0;
+    aux.key[1] = normal ? aux_key : 0;
     aux.block = 0;
     while (j < n) {
         uint64_t e = start + j;
