@@ -127,13 +127,24 @@ int smask_tensor_weights(const smask_ticket *t, size_t index, float *dst, uint64
 int smask_tensor_weights_range(const smask_ticket *t, size_t index, uint64_t start, float *dst,
                                uint64_t n, smask_error *err);
 
-/* Streaming inference for version 1 and 2 tickets (their layer list: flatten, linear, conv2d,
- * relu, maxpool2d, and the preprocessing). Weights are regenerated as they are used, one
- * weight row or convolution filter at a time: no weight matrix is ever held. input: batch
- * examples of smask_input_size floats (raw values, C order); logits: batch x
- * smask_num_classes floats. scratch: smask_run_scratch(t, batch) floats from the caller.
- * Computed in float32 with a plain summation order, so logits differ from onnxruntime's in
- * the last bits. */
+/* Streaming inference. Version 1 and 2 tickets: their layer list (flatten, linear, conv2d, relu,
+ * maxpool2d, and the preprocessing). Version 3 tickets: the ONNX graph, when it is one chain
+ * from 'input' to 'logits' of Cast (to float32), Identity, Add/Sub/Mul/Div by a Constant (a
+ * scalar or one value per channel), Flatten (axis 1), Gemm (alpha 1, beta 1, transB 1),
+ * Conv (group 1, dilations 1, square kernel, equal pads and strides), MaxPool (square kernel,
+ * equal strides, no padding, ceil_mode 0), BatchNormalization (inference) and Relu, with the
+ * ticket's tensors as weights, biases and statistics; smask_parse reads the graph into such a
+ * layer list, and for any other graph smask_run returns SMASK_ERR_UNSUPPORTED and a message
+ * naming the first operator outside this vocabulary (and smask_input_size returns 0).
+ *
+ * Weights are regenerated as they are used, a piece of one weight row (at most 256 floats) or
+ * of one convolution filter (whole input channels, at least one) at a time, and used for the
+ * whole batch: no weight matrix is ever held. input: batch examples of smask_input_size floats
+ * (raw values, C order; the network does its own preprocessing); logits: batch x
+ * smask_num_classes floats. scratch: smask_run_scratch(t, batch) floats from the caller: two
+ * activation buffers, each as large as the largest activation it holds, times the batch, plus
+ * the weight piece. Computed in float32 with a plain summation order (each product rounded to
+ * float before it is added), so logits differ from onnxruntime's in the last bits. */
 uint64_t smask_input_size(const smask_ticket *t);
 uint64_t smask_num_classes(const smask_ticket *t);
 uint64_t smask_run_scratch(const smask_ticket *t, uint64_t batch);
