@@ -1219,6 +1219,7 @@ static int compile_v3(smask_ticket *tk, const uint8_t *graph, size_t glen, smask
             const tensor *T;
             int has_bias = nd->nin == 3 && nd->in[2].n;
             if (n != 3 || nd->nin < 2 || nd->nin > 3 || !attrs_known(nd, a_conv) || !auto_pad_ok(nd)) return outside(&g, "inputs");
+            if (!int_attr(nd, "group", 1, &v1) || v1 != 1) return outside(&g, "group 1 only");
             w = find_tensor(tk, nd->in[1]);
             if (w < 0) return outside(&g, "the weight must be a ticket tensor");
             T = &tk->t[w];
