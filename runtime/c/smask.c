@@ -1788,6 +1788,29 @@ static void ws_masked(const smask_ticket *tk, wstream *w, float *dst, uint64_t n
            generator blocks of eight elements that keep at least one weight */
         uint64_t j1;
         float v[8];
+        if (t->codec == 0) { /* bitpack: one mask byte per generator block where the piece is aligned */
+            for (j = 0; j < n; j = j1) {
+                uint64_t e = w->pos + j, k;
+                j1 = j + (8 - (e & 7));
+                if (j1 > n) j1 = n;
+                if ((e & 7) == 0 && j1 - j == 8) {
+                    uint8_t byte = t->payload[e >> 3];
+                    if (!byte) {
+                        for (k = 0; k < 8; k++) dst[j + k] = 0.0f;
+                        continue;
+                    }
+                    smask_generate_keyed(tk->seed, w->key, w->aux_key, t->dist, t->scale, e, v, 8);
+                    for (k = 0; k < 8; k++) dst[j + k] = (byte >> k) & 1 ? v[k] : 0.0f;
+                } else {
+                    int any = 0;
+                    for (k = j; k < j1; k++) any |= (t->payload[(w->pos + k) >> 3] >> ((w->pos + k) & 7)) & 1;
+                    if (any) smask_generate_keyed(tk->seed, w->key, w->aux_key, t->dist, t->scale, e, v, j1 - j);
+                    for (k = j; k < j1; k++)
+                        dst[k] = any && ((t->payload[(w->pos + k) >> 3] >> ((w->pos + k) & 7)) & 1) ? v[k - j] : 0.0f;
+                }
+            }
+            return;
+        }
         for (j = 0; j < n; j++) {
             int bit;
             if (t->codec == 0) {
