@@ -5,7 +5,8 @@ whole weight tensors (`supermask.runtime.load`), batch 1, on a version-3 lenet-3
 
 Without --ticket it makes one: a short edge-popup search (keep 0.1) of lenet-300-100 on
 Fashion-MNIST from ../shared/data, or on the bundled digits where that is missing, and
-`supermask pack`. Prints one JSON object:
+`supermask pack` (the default codec choice, and again with `--codec bitpack`, whose masks need no
+entropy decoding while running). Prints one JSON object:
 
 * memory: what streaming inference needs beyond the ticket bytes, as `smask-c bench` counts it
   through a counting allocator: the scratch `smask_run_scratch(t, 1)` asks for, and the bytes
@@ -54,7 +55,7 @@ def build(out: Path) -> Path:
     return exe
 
 
-def make_ticket(out: Path) -> tuple[Path, str]:
+def make_ticket(out: Path) -> tuple[Path, Path, str]:
     cli = Path(sys.executable).parent / "supermask"
     if (SHARED_DATA / "fashion-mnist").is_dir():
         dataset, extra = "fashion-mnist", ["--data-dir", str(SHARED_DATA)]
@@ -65,7 +66,11 @@ def make_ticket(out: Path) -> tuple[Path, str]:
                     "--keep", "0.1", "--iterations", "30", "-q", "-o", str(run_dir), *extra], check=True,
                    stdout=subprocess.DEVNULL)
     subprocess.run([str(cli), "pack", "--run", str(run_dir), "-o", str(path)], check=True, stdout=subprocess.DEVNULL)
-    return path, f"lenet-300-100 on {dataset}, edge-popup keep 0.1, 30 iterations"
+    # the same masks as bitpack (no entropy decoding during inference)
+    bitpack = out / "lenet-bitpack.smask"
+    subprocess.run([str(cli), "pack", "--run", str(run_dir), "--codec", "bitpack", "-o", str(bitpack)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return path, bitpack, f"lenet-300-100 on {dataset}, edge-popup keep 0.1, 30 iterations"
 
 
 def c_bench(exe: Path, ticket: Path, runs: int) -> dict:
@@ -103,9 +108,9 @@ def main() -> None:
         tmp = Path(tmp)
         exe = build(tmp)
         if args.ticket:
-            ticket, what = args.ticket, str(args.ticket)
+            ticket, bitpack, what = args.ticket, None, str(args.ticket)
         else:
-            ticket, what = make_ticket(tmp)
+            ticket, bitpack, what = make_ticket(tmp)
         t = read_ticket(ticket)
         import warnings
 
@@ -114,7 +119,7 @@ def main() -> None:
         size = int(np.prod(shape))
         # the input smask-c bench uses: element k is (37 k) mod 256
         x = ((np.arange(size, dtype=np.int64) * 37) % 256).astype(np.float32).reshape((1, *shape))
-        c_rounds, ort_rounds, sess_rounds, c_first = [], [], [], None
+        c_rounds, bp_rounds, ort_rounds, sess_rounds, c_first, bp_first = [], [], [], [], None, None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # input-range warnings: the timing input is synthetic
             ref = model.logits(x)
@@ -122,6 +127,10 @@ def main() -> None:
                 c = c_bench(exe, ticket, args.runs)
                 c_first = c_first or c
                 c_rounds.append(c["median_us"])
+                if bitpack is not None:
+                    bp = c_bench(exe, bitpack, args.runs)
+                    bp_first = bp_first or bp
+                    bp_rounds.append(bp["median_us"])
                 a, b = ort_times(model, x, args.runs)
                 ort_rounds.append(1e6 * statistics.median(a))
                 sess_rounds.append(1e6 * statistics.median(b))
@@ -132,6 +141,8 @@ def main() -> None:
         "machine": machine(),
         "ticket": what,
         "ticket_bytes": c["ticket_bytes"],
+        "codecs": sorted({e.codec for e in t.tensors if e.codec}),
+        "bitpack_ticket_bytes": bp_first["ticket_bytes"] if bp_first else None,
         "weights": int(sum(int(np.prod(e.shape)) for e in t.tensors)),
         "multiply_adds": c["multiply_adds"],
         "memory": {
@@ -143,9 +154,10 @@ def main() -> None:
         },
         "time_us_batch1": {
             "smask_c_streaming": statistics.median(c_rounds),
+            "smask_c_streaming_bitpack_ticket": statistics.median(bp_rounds) if bp_rounds else None,
             "onnxruntime_model_logits": statistics.median(ort_rounds),
             "onnxruntime_session_run": statistics.median(sess_rounds),
-            "rounds": {"smask_c": c_rounds, "model_logits": ort_rounds, "session_run": sess_rounds},
+            "rounds": {"smask_c": c_rounds, "smask_c_bitpack": bp_rounds, "model_logits": ort_rounds, "session_run": sess_rounds},
             "runs_per_round": args.runs,
         },
         "check": {"logit0_c": logit0, "logit0_onnxruntime": float(ref[0, 0]),
