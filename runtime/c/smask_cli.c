@@ -89,6 +89,24 @@ static float *alloc_floats(uint64_t n) {
     return (float *)malloc(n ? (size_t)n * sizeof(float) : 1);
 }
 
+/* run a small network (at most 2^24 multiply-adds) once on a zero input; 0 or an error code */
+static int run_small_once(const smask_ticket *t, smask_error *err) {
+    uint64_t ns;
+    float *in, *lg, *sc;
+    int rc = 0;
+    if (!smask_input_size(t) || smask_run_cost(t) > (UINT64_C(1) << 24)) return 0;
+    ns = smask_run_scratch(t, 1);
+    in = alloc_floats(smask_input_size(t));
+    lg = alloc_floats(smask_num_classes(t));
+    sc = alloc_floats(ns);
+    if (in && lg && sc) {
+        memset(in, 0, (size_t)smask_input_size(t) * sizeof(float));
+        rc = smask_run(t, in, 1, lg, sc, ns, err);
+    }
+    free(in); free(lg); free(sc);
+    return rc;
+}
+
 static int weights_of(const smask_ticket *t, size_t i, float **out, smask_error *err) {
     uint64_t n = smask_tensor_size(t, i);
     float *w = alloc_floats(n);
@@ -466,15 +484,7 @@ static int fuzz(uint64_t seed, uint64_t cases, int nfiles, char **files, smask_o
         ol += 32;
         rc = smask_parse(out, ol, o, &t, &err);
         if (!rc) rc = smask_verify(t, &err);
-        if (!rc && smask_input_size(t) && smask_run_cost(t) <= (UINT64_C(1) << 24)) {
-            uint64_t ns = smask_run_scratch(t, 1);
-            float *in = alloc_floats(smask_input_size(t)), *lg = alloc_floats(smask_num_classes(t)), *sc = alloc_floats(ns);
-            if (in && lg && sc) {
-                memset(in, 0, (size_t)smask_input_size(t) * sizeof(float));
-                rc = smask_run(t, in, 1, lg, sc, ns, &err);
-            }
-            free(in); free(lg); free(sc);
-        }
+        if (!rc) rc = run_small_once(t, &err);
         counts[rc < 8 ? rc : 7]++;
         if (dump) { /* keep the case and its verdict, for comparison with another reader */
             char path[4096];
@@ -578,15 +588,7 @@ int main(int argc, char **argv) {
             if (!buf) { printf("error io %s\n", argv[a]); bad = 1; continue; }
             rc = smask_parse(buf, len, &o, &t, &err);
             if (!rc) rc = smask_verify(t, &err);
-            if (!rc && also_run && smask_input_size(t) && smask_run_cost(t) <= (UINT64_C(1) << 24)) {
-                uint64_t ns = smask_run_scratch(t, 1);
-                float *in = alloc_floats(smask_input_size(t)), *lg = alloc_floats(smask_num_classes(t)), *sc = alloc_floats(ns);
-                if (in && lg && sc) {
-                    memset(in, 0, (size_t)smask_input_size(t) * sizeof(float));
-                    rc = smask_run(t, in, 1, lg, sc, ns, &err);
-                }
-                free(in); free(lg); free(sc);
-            }
+            if (!rc && also_run) rc = run_small_once(t, &err);
             if (rc) printf("reject %s %s: %s\n", code_name(rc), argv[a], err.message);
             else printf("ok %s\n", argv[a]);
             fflush(stdout);
