@@ -14,6 +14,8 @@ pair followed by 2x2 max-pooling, then fully connected 256-256-classes.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Callable, Sequence
 
 from ..arch import Architecture, Layer, Preprocess
@@ -87,12 +89,46 @@ register("resnet20", "resnet20")
 register("dwnet", "dwnet")
 
 
+#: The fully connected family named by its hidden widths: ``mlp-300-100`` has lenet-300-100's
+#: shape and tensor names, ``mlp-64`` one hidden layer of 64. Widths make the grid that
+#: ``find --budget`` searches (docs/frontier.md).
+MLP_FAMILY = "mlp-H1[-H2...]"
+_MLP = re.compile(r"mlp((?:-[1-9][0-9]{0,4}){1,8})")
+MAX_MLP_WIDTH = 65536
+
+
+def mlp_widths(name: str) -> tuple[int, ...] | None:
+    """The hidden widths of an ``mlp-...`` name, or None when ``name`` is not one."""
+    m = _MLP.fullmatch(name) if isinstance(name, str) else None
+    if m is None:
+        return None
+    widths = tuple(int(v) for v in m.group(1)[1:].split("-"))
+    return widths if max(widths) <= MAX_MLP_WIDTH else None
+
+
+def mlp_name(widths: Sequence[int]) -> str:
+    return "mlp-" + "-".join(str(int(w)) for w in widths)
+
+
+def known(name: str) -> bool:
+    """Whether ``name`` is a built-in model: a registered one or a member of the mlp family."""
+    return name in REGISTRY or mlp_widths(name) is not None
+
+
+def names() -> list[str]:
+    """The built-in models for help texts: the registered ones and the mlp family."""
+    return [*REGISTRY, MLP_FAMILY]
+
+
 def create(name: str, input_shape: Sequence[int], num_classes: int):
     """The built-in model ``name`` as an ``nn.Module`` (imports torch)."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
+    if not known(name):
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(names())}")
     from . import zoo
 
+    widths = mlp_widths(name)
+    if widths is not None:
+        return zoo.MLP(math.prod(input_shape), widths, int(num_classes))
     return getattr(zoo, REGISTRY[name])(input_shape=tuple(input_shape), num_classes=int(num_classes))
 
 

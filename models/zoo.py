@@ -5,6 +5,8 @@ returns an ordinary module; ``supermask find`` treats them exactly like a user's
 
 * ``lenet_300_100``: the fully connected 784-300-100-10 network (LeCun et al. 1998) of
   Frankle & Carbin 2019 and Zhou et al. 2019.
+* ``MLP``: the ``mlp-H1-H2...`` family, any hidden widths, tensors named ``fc1``, ``fc2``, ...
+  as in lenet-300-100.
 * ``conv2`` / ``conv4`` / ``conv6``: the VGG-like networks of Frankle & Carbin 2019: pairs of
   3x3 same-padded convolutions (64-64, 128-128, 256-256), each pair followed by 2x2 max
   pooling, then fully connected 256-256-classes.
@@ -43,6 +45,23 @@ class LeNet300100(nn.Module):
 
 def lenet_300_100(input_shape: Sequence[int], num_classes: int) -> nn.Module:
     return LeNet300100(math.prod(input_shape), num_classes)
+
+
+class MLP(nn.Module):
+    """Fully connected layers ``fc1``... of the given hidden widths, with ReLU between them."""
+
+    def __init__(self, n_in: int, widths: Sequence[int], num_classes: int):
+        super().__init__()
+        dims = [n_in, *widths, num_classes]
+        self.depth = len(dims) - 1
+        for i in range(self.depth):
+            self.add_module(f"fc{i + 1}", nn.Linear(dims[i], dims[i + 1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(x, 1)
+        for i in range(1, self.depth):
+            x = F.relu(getattr(self, f"fc{i}")(x))
+        return getattr(self, f"fc{self.depth}")(x)
 
 
 class ConvNet(nn.Module):

@@ -23,6 +23,12 @@ def _csv(choices, also=None):
     return parse
 
 
+def _builtin(name: str) -> bool:
+    from . import models
+
+    return models.known(name)
+
+
 def _seeds(ctx, param, value):
     try:
         seeds = tuple(int(v) for v in value.split(",") if v.strip())
@@ -34,7 +40,7 @@ def _seeds(ctx, param, value):
 
 
 @click.command()
-@click.option("--models", required=True, callback=_csv(_models(), lambda n: ":" in n),
+@click.option("--models", required=True, callback=_csv(_models(), lambda n: ":" in n or _builtin(n)),
               help=f"Comma-separated models: {', '.join(_models())}, or 'module:factory' / 'file.py:factory' specs.")
 @click.option("--datasets", "dataset_names", required=True,
               callback=_csv(list(datasets.DATASETS), datasets.is_path_dataset),

@@ -4,6 +4,7 @@ functions these commands call, never at import time."""
 from __future__ import annotations
 
 import json
+import os
 import logging
 
 import click
@@ -20,7 +21,7 @@ from .train.config import (AFFINE, DEFAULT_BN_EXAMPLES, DEFAULT_DENSE_LR, DEFAUL
 def _models() -> list[str]:
     from . import models
 
-    return list(models.REGISTRY)
+    return models.names()
 
 
 MODEL_HELP = ("A built-in model ({}), or your own network: 'package.module:factory' or "
@@ -237,8 +238,14 @@ def split_options(opts: dict) -> tuple[dict, dict]:
               help="Seed of the initial weights (and the data order): the seed is the model.")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Run directory. Default: runs/<model>-<dataset>-s<seed>-<config hash>.")
+@click.option("--budget", "budgets", default=None, metavar="SIZE[,SIZE...]", callback=lambda c, p, v: _sizes(v),
+              help="Search for the most accurate ticket whose file fits in SIZE (e.g. 16KiB; several: 4KiB,8KiB): "
+                   "trains --widths multiples of a fully connected model, each at the largest keep whose ticket "
+                   "fits, and writes OUT/best-<bytes>.smask and OUT/budget.json (docs/frontier.md).")
+@click.option("--widths", default=None, metavar="M[,M...]", callback=lambda c, p, v: _multipliers(v),
+              help="With --budget: multipliers of the model's hidden widths to try. Default: 0.5,1,2.")
 @find_options
-def find(model, dataset, seed, out, **opts):
+def find(model, dataset, seed, out, budgets, widths, **opts):
     """Find supermasks and measure the untrained masked network.
 
     With --method criteria (the default) a dense network is trained once and every
@@ -258,6 +265,12 @@ def find(model, dataset, seed, out, **opts):
         cfg = FindConfig(model=model, dataset=dataset, seed=seed, **config)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    if budgets is not None:
+        if opts["keeps"] is not None:
+            raise click.UsageError("--budget chooses the keeps itself; leave out --keep")
+        return _find_budget(budgets, cfg, out, widths, run, opts["quiet"])
+    if widths is not None:
+        raise click.UsageError("--widths applies to --budget searches only")
     out = out or cfg.default_out()
     res = run_find(cfg, out, **run)
     if follower:
@@ -267,6 +280,46 @@ def find(model, dataset, seed, out, **opts):
     if not opts["quiet"]:
         click.echo(format_results(res))
     click.echo(f"results: {out}/results.json")
+
+
+def _sizes(value):
+    if value is None:
+        return None
+    from .ticket import parse_size
+
+    try:
+        return tuple(parse_size(v.strip()) for v in value.split(","))
+    except SupermaskError as e:
+        raise click.BadParameter(str(e).replace("a memory cap", "a size")) from None
+
+
+def _multipliers(value):
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers such as 0.5,1,2, got {value!r}") from None
+    if any(not 0 < m <= 64 for m in out) or len(set(out)) != len(out):
+        raise click.BadParameter("width multipliers must be distinct numbers in (0, 64]")
+    return out
+
+
+def _find_budget(budgets, cfg, out, widths, run, quiet):
+    from .train.budget import DEFAULT_WIDTHS, find_budget
+
+    out = out or os.path.join("runs", f"budget-{cfg.model}-{os.path.basename(cfg.dataset)}-s{cfg.seed}")
+    res = find_budget(budgets, cfg, out, widths=widths or DEFAULT_WIDTHS, **run)
+    if not quiet:
+        click.echo(f"{'model':<16} {'keep':>7} {'bytes':>9} {'accuracy %':>11}  budgets")
+        for c in res["candidates"]:
+            acc = f"{100 * c['accuracy']:.2f}" if c.get("accuracy") is not None else "-"
+            size = f"{c['bytes']:,}" if c.get("bytes") else "over"
+            click.echo(f"{c['model']:<16} {c['keep']:>7g} {size:>9} {acc:>11}  "
+                       + ",".join(f"{b:,}" for b in c["budgets"]))
+    for b, c in res["best"].items():
+        click.echo(f"budget {int(b):,} bytes: {c['model']} keep {c['keep']:g}, {100 * c['accuracy']:.2f} %, "
+                   f"{c['bytes']:,} bytes -> {out}/{c['ticket']}")
 
 
 def format_imp(rows: list[dict]) -> str:

@@ -84,7 +84,7 @@ def _floats(v: Sequence[float], what: str) -> tuple[float, ...]:
 def is_builtin_model(model: str) -> bool:
     from .. import models
 
-    return model in models.REGISTRY
+    return models.known(model)
 
 
 def _check_model(model: object) -> None:
@@ -92,10 +92,10 @@ def _check_model(model: object) -> None:
 
     if not isinstance(model, str) or not model:
         raise ValueError(f"model must be a name or a 'module:factory' spec, got {model!r}")
-    if model in models.REGISTRY or model.startswith(OBJECT_PREFIX):
+    if models.known(model) or model.startswith(OBJECT_PREFIX):
         return
     if ":" not in model:
-        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(models.REGISTRY)}, or give your own "
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(models.names())}, or give your own "
                          f"as 'package.module:factory' or 'path/to/file.py:factory'")
 
 

@@ -34,11 +34,11 @@ def load_model(spec: str, input_shape: Sequence[int], num_classes: int):
 
     from .. import models
 
-    if spec in models.REGISTRY:
+    if models.known(spec):
         return models.create(spec, input_shape, num_classes)
     where, sep, attr = spec.rpartition(":")
     if not sep or not where or not attr:
-        raise ModelError(f"--model {spec!r}: give a built-in name ({', '.join(models.REGISTRY)}) or "
+        raise ModelError(f"--model {spec!r}: give a built-in name ({', '.join(models.names())}) or "
                          f"'package.module:factory' or 'path/to/file.py:factory'")
     module = _import(where, spec)
     factory = getattr(module, attr, None)

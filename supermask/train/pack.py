@@ -94,24 +94,44 @@ def pack(run: str | os.PathLike, out: str | os.PathLike, *, criterion: str | Non
             raise RunError(f"--max-bytes must be a positive number of bytes, got {max_bytes}")
         candidates = ranked_rows(results, best["criterion"] if cfg.learned else criterion, keep,
                                  "original" if cfg.learned else init)
-    smallest = None
-    for row in candidates:
-        data, ticket, check = _build(run, cfg, info, row, codec, model)
-        if max_bytes is None or len(data) <= max_bytes:
-            break
-        if smallest is None or len(data) < smallest[0]:
-            smallest = (len(data), row)
-    else:
-        size, row = smallest
-        raise RunError(f"no supermask of {run} fits in {max_bytes:,} bytes: the smallest of the {len(candidates)} "
-                       f"evaluated ({row['criterion']} keep {row['keep']:.6g}, {row['init']}) packs to {size:,} "
-                       f"bytes. Allow more bytes, or evaluate lower keeps (`supermask find ... --keep`)")
+    row, data, ticket, check = fitting(run, cfg, info, candidates, max_bytes, codec, model)
     if max_bytes is not None:
         log.info("packed %s keep %.6g (%s), accuracy %.2f %% in the run: the most accurate of %d evaluated "
                  "supermasks that fits in %s bytes (%s bytes)", row["criterion"], row["keep"], row["init"],
                  100 * row["accuracy"], len(candidates), f"{max_bytes:,}", f"{len(data):,}")
     atomic_write(out, data)
     return (ticket, check) if return_validation else ticket
+
+
+def fitting(run, cfg, info, candidates: list[dict], max_bytes: int | None, codec: str, model):
+    """(row, ticket bytes, decoded ticket, graph validation) of the first of ``candidates`` whose
+    ticket is at most ``max_bytes`` long (None: the first); a RunError naming the smallest
+    ticket when none fits."""
+    smallest = None
+    for row in candidates:
+        data, ticket, check = _build(run, cfg, info, row, codec, model)
+        if max_bytes is None or len(data) <= max_bytes:
+            return row, data, ticket, check
+        if smallest is None or len(data) < smallest[0]:
+            smallest = (len(data), row)
+    size, row = smallest
+    raise RunError(f"no supermask of {run} fits in {max_bytes:,} bytes: the smallest of the {len(candidates)} "
+                   f"evaluated ({row['criterion']} keep {row['keep']:.6g}, {row['init']}) packs to {size:,} "
+                   f"bytes. Allow more bytes, or evaluate lower keeps (`supermask find ... --keep`)")
+
+
+def ticket_tensors(subject, seed: int, spec, masks: dict, stored: dict, factors: dict) -> tuple[dict, dict]:
+    """(name -> ticket role, name -> tensor the ticket regenerates) of ``subject``: masked and
+    regenerated tensors come from the seed, ``stored`` values are kept as they are, and the
+    other biases and norm parameters are fixed (zero, or one for norm scales)."""
+    roles: dict[str, str] = {}
+    for n, p in subject.plans.items():
+        roles[n] = (p.fate if p.fate in ("masked", "regenerated") else "stored" if n in stored
+                    else _FIXED_ROLES[p.fate])
+    weights = subject.initial_weights(seed, spec)
+    constants = {n: (np.ones if r == "one" else np.zeros)(subject.plans[n].shape, np.float32)
+                 for n, r in roles.items() if r in ("zero", "one")}
+    return roles, masked_state(weights, masks, {**constants, **stored}, factors)
 
 
 def _build(run, cfg, info, row: dict, codec: str, model):
@@ -144,20 +164,11 @@ def _build(run, cfg, info, row: dict, codec: str, model):
     extras_all = load_npz(Path(run) / "extras.npz")
     prefix = extra_key(criterion, keep, init, "")
     stored = {k[len(prefix):]: v for k, v in extras_all.items() if k.startswith(prefix)}
-    roles: dict[str, str] = {}
-    for n, p in subject.plans.items():
-        if p.fate in ("masked", "regenerated"):
-            roles[n] = p.fate
-        elif n in stored:
-            roles[n] = "stored"
-        elif p.fate in _FIXED_ROLES and n not in subject.trained_extras:
-            roles[n] = _FIXED_ROLES[p.fate]
-        else:
-            raise RunError(f"{run}/extras.npz has no value of {n!r} for {criterion} keep {keep}; re-run find")
-    weights = subject.initial_weights(cfg.seed, spec)
-    constants = {n: (np.ones if r == "one" else np.zeros)(subject.plans[n].shape, np.float32)
-                 for n, r in roles.items() if r in ("zero", "one")}
-    tensors = masked_state(weights, masks, {**constants, **stored}, factors)
+    missing = [n for n, p in subject.plans.items() if n not in stored and p.fate not in ("masked", "regenerated")
+               and (p.fate not in _FIXED_ROLES or n in subject.trained_extras)]
+    if missing:
+        raise RunError(f"{run}/extras.npz has no value of {missing[0]!r} for {criterion} keep {keep}; re-run find")
+    roles, tensors = ticket_tensors(subject, cfg.seed, spec, masks, stored, factors)
     preprocess = Preprocess(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in info["preprocess"].items()})
     graph = export_graph(subject.module, tensors, info["input_shape"], preprocess)
     used = placeholder_names(graph)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The accuracy-per-byte frontier on Fashion-MNIST (docs/frontier.md): for seeds 0-2, the best
+# supermask ticket at each budget (find --budget, edge-popup over width multiples of
+# lenet-300-100), then the baselines a user would pick instead (supermask baseline), then the
+# table and plot. Every step resumes where it stopped; re-run the script after an interruption.
+# Usage: benchmarks/frontier.sh [RUNS_DIR] [DATA_DIR]   (about 2 CPU-hours on 2 cores)
+set -euo pipefail
+RUNS=${1:-runs/frontier}
+DATA=${2:-../shared/data}
+BUDGETS=4KiB,8KiB,16KiB,32KiB,64KiB
+for s in 0 1 2; do
+  supermask find --model lenet-300-100 --dataset fashion-mnist --data-dir "$DATA" --method edge-popup \
+      --budget "$BUDGETS" --widths 0.5,1,2 --seed "$s" --threads 1 --out "$RUNS/tickets/s$s" -q
+done
+supermask baseline --dataset fashion-mnist --data-dir "$DATA" --widths 8,16,32,64,128,256,512 \
+    --methods float,int8-ptq,int4-ptq,int4-qat,ternary-qat,deep-compression --seeds 0,1,2 --threads 1 \
+    -o "$RUNS/baselines"
+supermask frontier "$RUNS/tickets" "$RUNS/baselines" --budgets "$BUDGETS" -o docs/frontier
