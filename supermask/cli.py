@@ -151,9 +151,9 @@ def inspect(ticket: str, as_json: bool, verify: bool, max_memory: int | None) ->
 
 def _register_commands() -> None:
     # Command modules stay import-light (no torch, onnxruntime or matplotlib at import time).
-    from . import cli_deploy, cli_report, cli_train
+    from . import cli_baseline, cli_deploy, cli_report, cli_train
 
-    for module in (cli_train, cli_deploy, cli_report):
+    for module in (cli_train, cli_deploy, cli_report, cli_baseline):
         for cmd in module.COMMANDS:
             main.add_command(cmd)
 
