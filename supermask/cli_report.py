@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import shlex
 import sys
+from pathlib import Path
 
 import click
 
 from . import datasets
-from .cli_train import _models, find_options, split_options, threads_option
+from .cli_train import _models, _sizes, find_options, split_options, threads_option
 
 
 def _csv(choices, also=None):
@@ -111,4 +112,26 @@ def report(runs, out, keep_files, from_csv, threads, quiet):
     click.echo(f"wrote {len(written)} files to {out}: " + ", ".join(sorted(written)))
 
 
-COMMANDS = [sweep, report]
+@click.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Folder for frontier.md, frontier.csv and frontier.png.")
+@click.option("--budgets", default="4KiB,8KiB,16KiB,32KiB,64KiB", show_default=True, metavar="SIZE[,SIZE...]",
+              callback=lambda c, p, v: _sizes(v), help="The byte budgets of the table (KiB = 1024 bytes).")
+@click.option("--title", default="accuracy per byte", show_default=True, help="The plot's title.")
+def frontier(folders, out, budgets, title):
+    """Accuracy per byte: the best ticket beside the best baseline at each byte budget.
+
+    FOLDERS are `find --budget` searches (with budget.json), folders of such searches (one per
+    seed) and `supermask baseline` folders. Accuracies are means over seeds; a config counts at
+    a budget only when its file fits on every seed.
+    """
+    from .frontier import frontier_report
+
+    command = "supermask " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["frontier"] else None
+    written = frontier_report(folders, out, budgets, command=command, title=title)
+    click.echo((Path(out) / "frontier.md").read_text())
+    click.echo(f"wrote {', '.join(sorted(written))} to {out}")
+
+
+COMMANDS = [sweep, report, frontier]
