@@ -45,6 +45,7 @@ def format_table(rows: list[dict]) -> str:
 @click.option("--dataset", required=True, help=DATASET_HELP.format(", ".join(datasets.DATASETS)))
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Folder holding the data set's files (default: the download cache).")
+@click.option("--download", is_flag=True, help="Download a registered data set that is not there yet.")
 @click.option("--widths", default=",".join(map(str, DEFAULT_WIDTHS)), show_default=True, callback=_ints,
               metavar="H[,H...]", help="Hidden widths H of the MLPs inputs-H-classes.")
 @click.option("--methods", default=",".join(METHODS), show_default=True, callback=_methods,
@@ -61,7 +62,8 @@ def format_table(rows: list[dict]) -> str:
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
               help="Output folder; running again with the same settings resumes and skips finished rows.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines, only the final table.")
-def baseline(dataset, data_dir, widths, methods, seeds, epochs, finetune_epochs, dc_density, threads, out, quiet):
+def baseline(dataset, data_dir, download, widths, methods, seeds, epochs, finetune_epochs, dc_density, threads, out,
+             quiet):
     """Train and size the baselines a ticket competes with.
 
     For each seed, width H and method: a float MLP inputs-H-classes (ReLU) is trained once on
@@ -76,7 +78,7 @@ def baseline(dataset, data_dir, widths, methods, seeds, epochs, finetune_epochs,
 
     rows = run_baselines(dataset, widths=widths, methods=methods, seeds=seeds, out=out, epochs=epochs,
                          finetune_epochs=finetune_epochs, dc_density=dc_density, data_dir=data_dir,
-                         threads=threads, progress=not quiet)
+                         download=download, threads=threads, progress=not quiet)
     click.echo(format_table(rows))
 
 

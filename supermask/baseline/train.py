@@ -237,7 +237,8 @@ def _check_config(out: Path, config: dict) -> None:
 def _check_args(widths, methods, seeds, epochs, finetune_epochs, dc_density) -> None:
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
-        raise RunError(f"unknown baseline method(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(METHODS)}")
+        raise RunError(f"unknown baseline method(s) {', '.join(bad) or '(none given)'}; "
+                       f"choose from {', '.join(METHODS)}")
     if not widths or any(w < 1 for w in widths):
         raise RunError("widths must be positive integers")
     if not seeds or any(s < 0 for s in seeds):
@@ -249,7 +250,8 @@ def _check_args(widths, methods, seeds, epochs, finetune_epochs, dc_density) -> 
 
 
 def run_baselines(dataset: str, *, widths, methods, seeds, out, epochs: int = 20, finetune_epochs: int = 10,
-                  dc_density: float = 0.1, data_dir=None, threads: int = 1, progress: bool = True) -> list[dict]:
+                  dc_density: float = 0.1, data_dir=None, download: bool = False, threads: int = 1,
+                  progress: bool = True) -> list[dict]:
     """Train, write and measure every (seed, width, method), seed by seed; return the rows.
     Rows already in ``out`` are kept, and float nets already trained are reused."""
     import torch
@@ -258,8 +260,8 @@ def run_baselines(dataset: str, *, widths, methods, seeds, out, epochs: int = 20
 
     _check_args(widths, methods, seeds, epochs, finetune_epochs, dc_density)
     torch.set_num_threads(threads)
-    train_ds = datasets.load(dataset, "train", data_dir=data_dir)
-    test_ds = datasets.load(dataset, "test", data_dir=data_dir)
+    train_ds = datasets.load(dataset, "train", data_dir=data_dir, download=download)
+    test_ds = datasets.load(dataset, "test", data_dir=data_dir, download=download)
     x, y = to_tensors(train_ds, train_ds.preprocess, "cpu")
     x = x.reshape(len(x), -1)
     classes = len(train_ds.classes)
