@@ -55,15 +55,17 @@ def format_table(rows: list[dict]) -> str:
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True,
               help="Epochs of the float network (Adam, lr 1e-3, cosine to 0, batch 128).")
 @click.option("--finetune-epochs", type=click.IntRange(1), default=10, show_default=True,
-              help="Extra epochs of int4-qat, ternary-qat and deep-compression (Adam, lr 1e-4, cosine).")
+              help="Extra epochs of int4-qat, ternary-qat and deep-compression (Adam, cosine schedule).")
+@click.option("--finetune-lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
+              help="Starting learning rate of those extra epochs.")
 @click.option("--dc-density", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
               help="Fraction of weights deep-compression keeps in each layer.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="CPU threads for torch.")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
               help="Output folder; running again with the same settings resumes and skips finished rows.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines, only the final table.")
-def baseline(dataset, data_dir, download, widths, methods, seeds, epochs, finetune_epochs, dc_density, threads, out,
-             quiet):
+def baseline(dataset, data_dir, download, widths, methods, seeds, epochs, finetune_epochs, finetune_lr, dc_density,
+             threads, out, quiet):
     """Train and size the baselines a ticket competes with.
 
     For each seed, width H and method: a float MLP inputs-H-classes (ReLU) is trained once on
@@ -77,8 +79,8 @@ def baseline(dataset, data_dir, download, widths, methods, seeds, epochs, finetu
     from .baseline.train import run_baselines
 
     rows = run_baselines(dataset, widths=widths, methods=methods, seeds=seeds, out=out, epochs=epochs,
-                         finetune_epochs=finetune_epochs, dc_density=dc_density, data_dir=data_dir,
-                         download=download, threads=threads, progress=not quiet)
+                         finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, dc_density=dc_density,
+                         data_dir=data_dir, download=download, threads=threads, progress=not quiet)
     click.echo(format_table(rows))
 
 

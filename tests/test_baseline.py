@@ -195,13 +195,15 @@ def test_another_config_in_the_same_folder_is_refused(run):
     out, _ = run
     with pytest.raises(RunError, match="other settings.*epochs: 3 there, 4 now"):
         bt.run_baselines("digits", methods=("float",), out=out, **{**SMALL, "epochs": 4})
+    with pytest.raises(RunError, match="finetune_lr: 0.0001 there, 0.001 now"):
+        bt.run_baselines("digits", methods=("float",), out=out, finetune_lr=1e-3, **SMALL)
 
 
 def test_cli_help_and_bad_values():
     from supermask.cli import main
 
     res = CliRunner().invoke(main, ["baseline", "--help"])
-    assert res.exit_code == 0 and "--finetune-epochs" in res.output and "deep-compression" in res.output
+    assert res.exit_code == 0 and "--finetune-lr" in res.output and "deep-compression" in res.output
     res = CliRunner().invoke(main, ["baseline", "--dataset", "digits", "--methods", "int3-ptq", "-o", "x"])
     assert res.exit_code == 2 and "unknown method int3-ptq" in res.output
     res = CliRunner().invoke(main, ["baseline", "--dataset", "digits", "--widths", "8,zero", "-o", "x"])

@@ -132,8 +132,8 @@ def per_channel_codes(w, scale, zero_point, qmax: int):
     return wq, torch.round(wq / scale.float()[:, None]).to(torch.int8)
 
 
-def quantize(method: str, model, x=None, y=None, *, finetune_epochs: int = 10, dc_density: float = 0.1,
-             seed: int = 0, label: str = "", progress: bool = False):
+def quantize(method: str, model, x=None, y=None, *, finetune_epochs: int = 10, finetune_lr: float = FINETUNE_LR,
+             dc_density: float = 0.1, seed: int = 0, label: str = "", progress: bool = False):
     """Make baseline ``method`` from a trained float ``model`` (changed in place): fine-tune it if
     the method does, then return (artifact tensors, the float32 weights torch computes with)."""
     import torch
@@ -141,7 +141,7 @@ def quantize(method: str, model, x=None, y=None, *, finetune_epochs: int = 10, d
     from torch.nn.utils import parametrize, prune
 
     fcs = linears(model)
-    tune = dict(epochs=finetune_epochs, lr=FINETUNE_LR, seed=seed + 1_000_003, label=label, progress=progress)
+    tune = dict(epochs=finetune_epochs, lr=finetune_lr, seed=seed + 1_000_003, label=label, progress=progress)
     if method in ("int4-qat", "ternary-qat"):
         for fc in fcs:
             parametrize.register_parametrization(fc, "weight", fake_quant_int4() if method == "int4-qat"
@@ -234,7 +234,7 @@ def _check_config(out: Path, config: dict) -> None:
         atomic_write(path, json.dumps(config, indent=2) + "\n")
 
 
-def _check_args(widths, methods, seeds, epochs, finetune_epochs, dc_density) -> None:
+def _check_args(widths, methods, seeds, epochs, finetune_epochs, finetune_lr, dc_density) -> None:
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise RunError(f"unknown baseline method(s) {', '.join(bad) or '(none given)'}; "
@@ -245,11 +245,14 @@ def _check_args(widths, methods, seeds, epochs, finetune_epochs, dc_density) -> 
         raise RunError("seeds must be non-negative integers")
     if epochs < 1 or finetune_epochs < 1:
         raise RunError("epochs and finetune epochs must be at least 1")
+    if not finetune_lr > 0:
+        raise RunError(f"the fine-tune learning rate must be positive, got {finetune_lr}")
     if not 0 < dc_density <= 1:
         raise RunError(f"the deep-compression density must be in (0, 1], got {dc_density}")
 
 
 def run_baselines(dataset: str, *, widths, methods, seeds, out, epochs: int = 20, finetune_epochs: int = 10,
+                  finetune_lr: float = FINETUNE_LR,
                   dc_density: float = 0.1, data_dir=None, download: bool = False, threads: int = 1,
                   progress: bool = True) -> list[dict]:
     """Train, write and measure every (seed, width, method), seed by seed; return the rows.
@@ -258,7 +261,7 @@ def run_baselines(dataset: str, *, widths, methods, seeds, out, epochs: int = 20
 
     from ..train.data import to_tensors
 
-    _check_args(widths, methods, seeds, epochs, finetune_epochs, dc_density)
+    _check_args(widths, methods, seeds, epochs, finetune_epochs, finetune_lr, dc_density)
     torch.set_num_threads(threads)
     train_ds = datasets.load(dataset, "train", data_dir=data_dir, download=download)
     test_ds = datasets.load(dataset, "test", data_dir=data_dir, download=download)
@@ -271,7 +274,7 @@ def run_baselines(dataset: str, *, widths, methods, seeds, out, epochs: int = 20
     rows = []
     with claim_folder(out, "baseline folder", RunError) as out:
         _check_config(out, {"dataset": dataset, "epochs": epochs, "finetune_epochs": finetune_epochs,
-                            "dc_density": dc_density})
+                            "finetune_lr": finetune_lr, "dc_density": dc_density})
         for sub in ("float", "artifacts", "rows"):
             (out / sub).mkdir(exist_ok=True)
         for seed in seeds:
@@ -292,8 +295,8 @@ def run_baselines(dataset: str, *, widths, methods, seeds, out, epochs: int = 20
                               progress=progress)
                         _save_state(state, model)
                     tensors, _ = quantize(method, model, x, y, finetune_epochs=finetune_epochs,
-                                          dc_density=dc_density, seed=seed, label=f"{name} fine-tune",
-                                          progress=progress)
+                                          finetune_lr=finetune_lr, dc_density=dc_density, seed=seed,
+                                          label=f"{name} fine-tune", progress=progress)
                     path = out / "artifacts" / f"{name}.smbl"
                     size = artifact.write(path, {"method": method, **header}, tensors)
                     correct, total = artifact.evaluate(path, test_ds)
