@@ -29,15 +29,25 @@ def _methods(ctx, param, value: str) -> tuple[str, ...]:
     return names
 
 
+def _densities(ctx, param, value: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated fractions such as 0.1,0.3, got {value!r}") from None
+    if not out or any(not 0 < d <= 1 for d in out) or len(set(out)) != len(out):
+        raise click.BadParameter(f"give distinct fractions in (0, 1], got {value!r}")
+    return out
+
+
 def format_table(rows: list[dict]) -> str:
-    """Method, width, mean accuracy over seeds and the largest file, one line per (method, width)."""
-    groups: dict[tuple[str, int], list[dict]] = {}
+    """Method, width, density, mean accuracy over seeds and the largest file, one line per network."""
+    groups: dict[tuple[str, int, float], list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["method"], r["width"]), []).append(r)
-    lines = [f"{'method':<18}{'width':>6}{'seeds':>6}{'accuracy %':>12}{'max bytes':>11}"]
-    for (method, width), rs in sorted(groups.items(), key=lambda kv: (METHODS.index(kv[0][0]), kv[0][1])):
+        groups.setdefault((r["method"], r["width"], r.get("density", 1.0)), []).append(r)
+    lines = [f"{'method':<18}{'width':>6}{'density':>8}{'seeds':>6}{'accuracy %':>12}{'max bytes':>11}"]
+    for (method, width, density), rs in sorted(groups.items(), key=lambda kv: (METHODS.index(kv[0][0]), *kv[0][1:])):
         acc = 100 * sum(r["accuracy"] for r in rs) / len(rs)
-        lines.append(f"{method:<18}{width:>6}{len(rs):>6}{acc:>12.2f}{max(r['bytes'] for r in rs):>11}")
+        lines.append(f"{method:<18}{width:>6}{density:>8g}{len(rs):>6}{acc:>12.2f}{max(r['bytes'] for r in rs):>11}")
     return "\n".join(lines)
 
 
@@ -56,15 +66,16 @@ def format_table(rows: list[dict]) -> str:
               help="Epochs of the float network (Adam, lr 1e-3, cosine to 0, batch 128).")
 @click.option("--finetune-epochs", type=click.IntRange(1), default=10, show_default=True,
               help="Extra epochs of int4-qat, ternary-qat and deep-compression (Adam, cosine schedule).")
-@click.option("--finetune-lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
+@click.option("--finetune-lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True,
               help="Starting learning rate of those extra epochs.")
-@click.option("--dc-density", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True,
-              help="Fraction of weights deep-compression keeps in each layer.")
+@click.option("--dc-density", "dc_densities", default="0.1,0.3", show_default=True, callback=_densities,
+              metavar="D[,D...]", help="Fractions of the weights deep-compression keeps in each layer; one network "
+                                       "per width and density.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="CPU threads for torch.")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
               help="Output folder; running again with the same settings resumes and skips finished rows.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines, only the final table.")
-def baseline(dataset, data_dir, download, widths, methods, seeds, epochs, finetune_epochs, finetune_lr, dc_density,
+def baseline(dataset, data_dir, download, widths, methods, seeds, epochs, finetune_epochs, finetune_lr, dc_densities,
              threads, out, quiet):
     """Train and size the baselines a ticket competes with.
 
@@ -79,7 +90,7 @@ def baseline(dataset, data_dir, download, widths, methods, seeds, epochs, finetu
     from .baseline.train import run_baselines
 
     rows = run_baselines(dataset, widths=widths, methods=methods, seeds=seeds, out=out, epochs=epochs,
-                         finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, dc_density=dc_density,
+                         finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, dc_densities=dc_densities,
                          data_dir=data_dir, download=download, threads=threads, progress=not quiet)
     click.echo(format_table(rows))
 

@@ -71,7 +71,8 @@ def baseline_rows(folder: Path) -> list[dict]:
     for r in rows:
         if not isinstance(r, dict) or not isinstance(r.get("method"), str):
             raise ReportError(f"{folder}/results.json: a row has no method")
-        out.append({"kind": "baseline", "method": r["method"], "config": f"width {int(_num(r, 'width', folder))}",
+        config = f"width {int(_num(r, 'width', folder))}" + (f", density {r['density']:g}" if "density" in r else "")
+        out.append({"kind": "baseline", "method": r["method"], "config": config,
                     "seed": r.get("seed"), "bytes": int(_num(r, "bytes", folder)),
                     "accuracy": _num(r, "accuracy", folder), "source": str(folder)})
     return out

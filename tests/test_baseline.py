@@ -107,6 +107,33 @@ def test_numpy_accuracy_matches_torch(made, digits, tmp_path, method):
     assert correct > 0.2 * total  # a trained net, not chance (10 classes)
 
 
+def test_deep_compression_prunes_gradually_to_its_density(monkeypatch):
+    """The density falls on a cubic over the first DC_RAMP of the fine-tune epochs and ends at
+    the target; each step prunes among the weights still kept (a pruned weight stays pruned)."""
+    import torch
+
+    seen = []
+    real = bt.train
+
+    def spy(model, x, y, *, before_epoch=None, **kw):
+        def step(epoch):
+            before_epoch(epoch)
+            seen.append([fc.weight_mask.clone() for fc in bt.linears(model)])
+        real(model, x, y, before_epoch=step, **kw)
+
+    monkeypatch.setattr(bt, "train", spy)
+    torch.manual_seed(0)
+    model = bt.mlp(64, 16, 10)
+    x, y = torch.randn(256, 64), torch.randint(0, 10, (256,))
+    bt.quantize("deep-compression", model, x, y, finetune_epochs=5, dc_density=0.2)
+    ramp = round(bt.DC_RAMP * 5)
+    densities = [float(m[0].mean()) for m in seen]
+    assert densities == sorted(densities, reverse=True) and len(set(densities[:ramp])) == ramp
+    assert densities[ramp - 1:] == [pytest.approx(0.2, abs=1e-3)] * (5 - ramp + 1)
+    for before, after in zip(seen, seen[1:]):
+        assert all(bool(((a > 0) <= (b > 0)).all()) for b, a in zip(before, after))
+
+
 def test_deep_compression_density_and_shared_values(made):
     for mask_t, (w, _) in zip(made["deep-compression"][2], artifact.read(made["deep-compression"][0])[1]):
         n = w.size
@@ -159,7 +186,8 @@ def test_damaged_files_raise_a_clear_error(made, tmp_path, damage):
 
 def test_run_rows_sizes_and_files(run):
     out, rows = run
-    assert len(rows) == len(bt.METHODS) * 2
+    assert len(rows) == (len(bt.METHODS) - 1 + len(bt.DC_DENSITIES)) * 2  # one DC network per density
+    assert sorted(r["density"] for r in rows if "density" in r) == sorted(bt.DC_DENSITIES * 2)
     assert json.loads((out / "results.json").read_text()) == rows
     for r in rows:
         path = out / r["artifact"]
@@ -168,7 +196,8 @@ def test_run_rows_sizes_and_files(run):
         assert (r["correct"], r["total"]) == artifact.evaluate(path, datasets.load("digits", "test"))
         assert r["params"] == (64 * r["width"] + r["width"]) + (r["width"] * 10 + 10)
         assert r["epochs"] == 3 + (2 if r["method"] in bt.FINETUNED else 0)
-        assert json.loads((out / "rows" / f"{r['method']}-h{r['width']}-s0.json").read_text()) == r
+        d = f"-d{r['density']:g}" if "density" in r else ""
+        assert json.loads((out / "rows" / f"{r['method']}{d}-h{r['width']}-s0.json").read_text()) == r
     assert sorted((out / "float").iterdir()) == [out / "float" / "h16-s0.npz", out / "float" / "h8-s0.npz"]
 
 
@@ -195,8 +224,8 @@ def test_another_config_in_the_same_folder_is_refused(run):
     out, _ = run
     with pytest.raises(RunError, match="other settings.*epochs: 3 there, 4 now"):
         bt.run_baselines("digits", methods=("float",), out=out, **{**SMALL, "epochs": 4})
-    with pytest.raises(RunError, match="finetune_lr: 0.0001 there, 0.001 now"):
-        bt.run_baselines("digits", methods=("float",), out=out, finetune_lr=1e-3, **SMALL)
+    with pytest.raises(RunError, match="finetune_lr: 0.001 there, 0.0001 now"):
+        bt.run_baselines("digits", methods=("float",), out=out, finetune_lr=1e-4, **SMALL)
 
 
 def test_cli_help_and_bad_values():

@@ -34,7 +34,10 @@ METHODS = ("float", "int8-ptq", "int4-ptq", "int4-qat", "ternary-qat", "deep-com
 FINETUNED = ("int4-qat", "ternary-qat", "deep-compression")
 DEFAULT_WIDTHS = (8, 16, 32, 64, 128, 256, 512)
 BATCH = 128
-LR, FINETUNE_LR = 1e-3, 1e-4
+LR, FINETUNE_LR = 1e-3, 1e-3
+DC_DENSITIES = (0.1, 0.3)
+#: deep-compression prunes gradually over this share of its fine-tune epochs, then keeps the mask
+DC_RAMP = 0.6
 QMAX = {"int8": 127, "int4": 7}  # symmetric code ranges -QMAX..QMAX
 DC_CLUSTERS, KMEANS_ITERS = 16, 30
 
@@ -51,8 +54,9 @@ def linears(model) -> list:
     return [m for m in model if isinstance(m, nn.Linear)]
 
 
-def train(model, x, y, *, epochs: int, lr: float, seed: int, label: str, progress: bool) -> None:
-    """Adam with a per-step cosine schedule to 0, batch 128, a seeded shuffle every epoch."""
+def train(model, x, y, *, epochs: int, lr: float, seed: int, label: str, progress: bool, before_epoch=None) -> None:
+    """Adam with a per-step cosine schedule to 0, batch 128, a seeded shuffle every epoch;
+    ``before_epoch(epoch)`` runs before each epoch when given."""
     import torch
     import torch.nn.functional as F
 
@@ -63,6 +67,8 @@ def train(model, x, y, *, epochs: int, lr: float, seed: int, label: str, progres
     bar = Progress(epochs, label, enabled=progress, unit="epoch")
     model.train()
     for epoch in range(epochs):
+        if before_epoch is not None:
+            before_epoch(epoch)
         perm = torch.from_numpy(rng.permutation(n))
         total = 0.0
         for i in range(0, n, BATCH):
@@ -133,7 +139,7 @@ def per_channel_codes(w, scale, zero_point, qmax: int):
 
 
 def quantize(method: str, model, x=None, y=None, *, finetune_epochs: int = 10, finetune_lr: float = FINETUNE_LR,
-             dc_density: float = 0.1, seed: int = 0, label: str = "", progress: bool = False):
+             dc_density: float = DC_DENSITIES[0], seed: int = 0, label: str = "", progress: bool = False):
     """Make baseline ``method`` from a trained float ``model`` (changed in place): fine-tune it if
     the method does, then return (artifact tensors, the float32 weights torch computes with)."""
     import torch
@@ -152,10 +158,17 @@ def quantize(method: str, model, x=None, y=None, *, finetune_epochs: int = 10, f
             for fc in fcs:
                 fc.parametrizations.weight[0].disable_observer()
     elif method == "deep-compression":
-        for fc in fcs:
-            prune.l1_unstructured(fc, "weight", amount=1.0 - dc_density)
+        ramp = max(1, round(DC_RAMP * finetune_epochs))
+
+        def prune_step(epoch: int) -> None:  # Zhu & Gupta 2017: density falls on a cubic to dc_density
+            if epoch < ramp:
+                target = dc_density + (1 - dc_density) * (1 - (epoch + 1) / ramp) ** 3
+                for fc in fcs:  # l1_unstructured on a pruned weight prunes among the weights still kept
+                    kept = int(fc.weight_mask.sum()) if hasattr(fc, "weight_mask") else fc.weight.numel()
+                    prune.l1_unstructured(fc, "weight", amount=max(0, kept - round(target * fc.weight.numel())))
+
         torch.manual_seed(seed)
-        train(model, x, y, **tune)
+        train(model, x, y, **tune, before_epoch=prune_step)
     tensors, weights = [], []
     with torch.no_grad():
         for fc in fcs:
@@ -234,7 +247,7 @@ def _check_config(out: Path, config: dict) -> None:
         atomic_write(path, json.dumps(config, indent=2) + "\n")
 
 
-def _check_args(widths, methods, seeds, epochs, finetune_epochs, finetune_lr, dc_density) -> None:
+def _check_args(widths, methods, seeds, epochs, finetune_epochs, finetune_lr, dc_densities) -> None:
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise RunError(f"unknown baseline method(s) {', '.join(bad) or '(none given)'}; "
@@ -247,13 +260,13 @@ def _check_args(widths, methods, seeds, epochs, finetune_epochs, finetune_lr, dc
         raise RunError("epochs and finetune epochs must be at least 1")
     if not finetune_lr > 0:
         raise RunError(f"the fine-tune learning rate must be positive, got {finetune_lr}")
-    if not 0 < dc_density <= 1:
-        raise RunError(f"the deep-compression density must be in (0, 1], got {dc_density}")
+    if not dc_densities or any(not 0 < d <= 1 for d in dc_densities):
+        raise RunError(f"deep-compression densities must be in (0, 1], got {list(dc_densities)}")
 
 
 def run_baselines(dataset: str, *, widths, methods, seeds, out, epochs: int = 20, finetune_epochs: int = 10,
                   finetune_lr: float = FINETUNE_LR,
-                  dc_density: float = 0.1, data_dir=None, download: bool = False, threads: int = 1,
+                  dc_densities=DC_DENSITIES, data_dir=None, download: bool = False, threads: int = 1,
                   progress: bool = True) -> list[dict]:
     """Train, write and measure every (seed, width, method), seed by seed; return the rows.
     Rows already in ``out`` are kept, and float nets already trained are reused."""
@@ -261,7 +274,7 @@ def run_baselines(dataset: str, *, widths, methods, seeds, out, epochs: int = 20
 
     from ..train.data import to_tensors
 
-    _check_args(widths, methods, seeds, epochs, finetune_epochs, finetune_lr, dc_density)
+    _check_args(widths, methods, seeds, epochs, finetune_epochs, finetune_lr, dc_densities)
     torch.set_num_threads(threads)
     train_ds = datasets.load(dataset, "train", data_dir=data_dir, download=download)
     test_ds = datasets.load(dataset, "test", data_dir=data_dir, download=download)
@@ -274,14 +287,15 @@ def run_baselines(dataset: str, *, widths, methods, seeds, out, epochs: int = 20
     rows = []
     with claim_folder(out, "baseline folder", RunError) as out:
         _check_config(out, {"dataset": dataset, "epochs": epochs, "finetune_epochs": finetune_epochs,
-                            "finetune_lr": finetune_lr, "dc_density": dc_density})
+                            "finetune_lr": finetune_lr, "dc_schedule": f"cubic over {DC_RAMP:g} of the epochs"})
         for sub in ("float", "artifacts", "rows"):
             (out / sub).mkdir(exist_ok=True)
         for seed in seeds:
             for width in widths:
                 state = out / "float" / f"h{width}-s{seed}.npz"
-                for method in methods:
-                    name = f"{method}-h{width}-s{seed}"
+                jobs = [(m, d) for m in methods for d in (dc_densities if m == "deep-compression" else (None,))]
+                for method, density in jobs:
+                    name = f"{method}{'' if density is None else f'-d{density:g}'}-h{width}-s{seed}"
                     row_path = out / "rows" / f"{name}.json"
                     if row_path.exists():
                         rows.append(json.loads(row_path.read_text()))
@@ -295,7 +309,7 @@ def run_baselines(dataset: str, *, widths, methods, seeds, out, epochs: int = 20
                               progress=progress)
                         _save_state(state, model)
                     tensors, _ = quantize(method, model, x, y, finetune_epochs=finetune_epochs,
-                                          finetune_lr=finetune_lr, dc_density=dc_density, seed=seed,
+                                          finetune_lr=finetune_lr, dc_density=density, seed=seed,
                                           label=f"{name} fine-tune", progress=progress)
                     path = out / "artifacts" / f"{name}.smbl"
                     size = artifact.write(path, {"method": method, **header}, tensors)
@@ -304,11 +318,11 @@ def run_baselines(dataset: str, *, widths, methods, seeds, out, epochs: int = 20
                            "accuracy": correct / total, "correct": correct, "total": total,
                            "params": sum(p.numel() for p in model.parameters()),
                            "epochs": epochs + (finetune_epochs if method in FINETUNED else 0),
-                           "artifact": str(path.relative_to(out))}
+                           "artifact": str(path.relative_to(out)), **({} if density is None else {"density": density})}
                     atomic_write(row_path, json.dumps(row, indent=2) + "\n")
-                    say(f"{method} h{width} s{seed}: {size} bytes, accuracy {100 * correct / total:.2f} %")
+                    say(f"{name}: {size} bytes, accuracy {100 * correct / total:.2f} %")
                     rows.append(row)
         everything = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))]
-        everything.sort(key=lambda r: (r["seed"], r["width"], METHODS.index(r["method"])))
+        everything.sort(key=lambda r: (r["seed"], r["width"], METHODS.index(r["method"]), r.get("density", 0)))
         atomic_write(out / "results.json", json.dumps(everything, indent=2) + "\n")
     return rows
