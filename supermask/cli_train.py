@@ -243,7 +243,7 @@ def split_options(opts: dict) -> tuple[dict, dict]:
                    "trains --widths multiples of a fully connected model, each at the largest keep whose ticket "
                    "fits, and writes OUT/best-<bytes>.smask and OUT/budget.json (docs/frontier.md).")
 @click.option("--widths", default=None, metavar="M[,M...]", callback=lambda c, p, v: _multipliers(v),
-              help="With --budget: multipliers of the model's hidden widths to try. Default: 0.5,1,2.")
+              help="With --budget: multipliers of the model's hidden widths to try. Default: 0.25,0.5,1,2.")
 @find_options
 def find(model, dataset, seed, out, budgets, widths, **opts):
     """Find supermasks and measure the untrained masked network.

@@ -32,7 +32,7 @@ from .config import FindConfig
 log = logging.getLogger(__name__)
 
 #: Width multipliers of the hidden layers that the search tries by default.
-DEFAULT_WIDTHS = (0.5, 1.0, 2.0)
+DEFAULT_WIDTHS = (0.25, 0.5, 1.0, 2.0)
 #: The keeps a width may take: the largest whose ticket fits is trained.
 KEEP_LADDER = (0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03, 0.025, 0.02, 0.015, 0.012,
                0.01, 0.008, 0.006, 0.005, 0.004, 0.003, 0.0025, 0.002, 0.0015, 0.0012, 0.001)
