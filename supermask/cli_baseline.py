@@ -47,7 +47,8 @@ def format_table(rows: list[dict]) -> str:
     lines = [f"{'method':<18}{'width':>6}{'density':>8}{'seeds':>6}{'accuracy %':>12}{'max bytes':>11}"]
     for (method, width, density), rs in sorted(groups.items(), key=lambda kv: (METHODS.index(kv[0][0]), *kv[0][1:])):
         acc = 100 * sum(r["accuracy"] for r in rs) / len(rs)
-        lines.append(f"{method:<18}{width:>6}{density:>8g}{len(rs):>6}{acc:>12.2f}{max(r['bytes'] for r in rs):>11}")
+        d = f"{density:g}" if "density" in rs[0] else "-"
+        lines.append(f"{method:<18}{width:>6}{d:>8}{len(rs):>6}{acc:>12.2f}{max(r['bytes'] for r in rs):>11}")
     return "\n".join(lines)
 
 
