@@ -10,9 +10,8 @@ DATA=${2:-../shared/data}
 BUDGETS=4KiB,8KiB,16KiB,32KiB,64KiB
 for s in 0 1 2; do
   supermask find --model lenet-300-100 --dataset fashion-mnist --data-dir "$DATA" --method edge-popup \
-      --budget "$BUDGETS" --widths 0.5,1,2 --seed "$s" --threads 1 --out "$RUNS/tickets/s$s" -q
+      --budget "$BUDGETS" --widths 0.125,0.25,0.5,1,2 --seed "$s" --threads 1 --out "$RUNS/tickets/s$s" -q
 done
-supermask baseline --dataset fashion-mnist --data-dir "$DATA" --widths 8,16,32,64,128,256,512 \
-    --methods float,int8-ptq,int4-ptq,int4-qat,ternary-qat,deep-compression --seeds 0,1,2 --threads 1 \
-    -o "$RUNS/baselines"
+supermask baseline --dataset fashion-mnist --data-dir "$DATA" --widths 8,12,16,24,32,48,64,96,128,192,256,384,512 \
+    --seeds 0,1,2 --threads 1 -o "$RUNS/baselines"
 supermask frontier "$RUNS/tickets" "$RUNS/baselines" --budgets "$BUDGETS" -o docs/frontier
