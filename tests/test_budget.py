@@ -166,8 +166,9 @@ def test_cli_budget_too_small(tmp_path):
 
 def _search(path, seed, cands):
     path.mkdir(parents=True)
+    over = {"model": "mlp-9", "keep": 0.5, "bytes": None, "error": "over its budget"}  # never a ticket
     (path / "budget.json").write_text(json.dumps({"method": "edge-popup", "seed": seed, "candidates": [
-        {"model": m, "keep": k, "bytes": b, "accuracy": a} for m, k, b, a in cands]}))
+        {"model": m, "keep": k, "bytes": b, "accuracy": a} for m, k, b, a in cands] + [over]}))
     return path
 
 
@@ -211,7 +212,8 @@ def test_frontier_files_and_cli(measured, tmp_path):
     md = (tmp_path / "rep" / "frontier.md").read_text()
     assert "| 4.0 KiB | 81.00 ± 1.41 (ticket, mlp-300-100 keep 0.1, 4,000 B) | 80.00 ± 1.41 (int8-ptq, width 8" in md
     assert (tmp_path / "rep" / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "width 128" not in (tmp_path / "rep" / "frontier.csv").read_text()
+    csv = (tmp_path / "rep" / "frontier.csv").read_text()
+    assert "width 128" not in csv and "mlp-9" not in csv
 
 
 def test_frontier_bad_input(tmp_path):
