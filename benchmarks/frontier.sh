@@ -12,9 +12,14 @@ for s in 0 1 2; do
   supermask find --model lenet-300-100 --dataset fashion-mnist --data-dir "$DATA" --method edge-popup \
       --budget "$BUDGETS" --widths 0.125,0.25,0.5,1,2 --seed "$s" --threads 1 --out "$RUNS/tickets/s$s" -q
 done
+# One hidden layer (40, 80, 160 wide) for the small budgets.
+for s in 0 1 2; do
+  supermask find --model mlp-40 --dataset fashion-mnist --data-dir "$DATA" --method edge-popup \
+      --budget 4KiB,8KiB,16KiB --widths 1,2,4 --seed "$s" --threads 1 --out "$RUNS/tickets-1layer/s$s" -q
+done
 supermask baseline --dataset fashion-mnist --data-dir "$DATA" --widths 8,12,16,24,32,48,64,96,128,192,256,384,512 \
     --seeds 0,1,2 --threads 1 -o "$RUNS/baselines"
-supermask frontier "$RUNS/tickets" "$RUNS/baselines" --budgets "$BUDGETS" -o docs/frontier
+supermask frontier "$RUNS/tickets" "$RUNS/tickets-1layer" "$RUNS/baselines" --budgets "$BUDGETS" -o docs/frontier
 
 # The same searches at 30 epochs, the training budget of the fine-tuned baselines (20 float + 10
 # fine-tune epochs). Width 2 only where it did not collapse at 20 epochs (32 and 64 KiB).
