@@ -98,7 +98,8 @@ def test_find_and_sweep_share_their_options():
         return {p.name: (p.default, p.help) for p in cmd.params}
 
     f, s = opts(find), opts(sweep)
-    assert set(f) - set(s) == {"model", "dataset", "seed"}
+    # a budget search (--budget, --widths) is find's own: a sweep runs plain finds
+    assert set(f) - set(s) == {"model", "dataset", "seed", "budgets", "widths"}
     # what to sweep over, and where the runs go (the backend and its resources)
     assert set(s) - set(f) == {"models", "dataset_names", "seeds", "backend", "address", "cpus_per_run",
                                "gpus_per_run"}
