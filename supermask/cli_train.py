@@ -4,8 +4,8 @@ functions these commands call, never at import time."""
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 
 import click
 

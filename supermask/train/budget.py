@@ -68,28 +68,32 @@ def predicted_bytes(cfg: FindConfig, keeps: Sequence[float], *, data_dir: str | 
     cfg, inputs = prepare(cfg, data_dir=data_dir, download=download)
     subject = inputs.subject
     stored = {n: np.zeros(subject.plans[n].shape, np.float32) for n in subject.trained_extras}
-    masked = [n for n, p in subject.plans.items() if p.fate == "masked"]
+    masked = {n: subject.plans[n].shape for n, p in subject.plans.items() if p.fate == "masked"}
     gen = np.random.default_rng(0)
-    graph, out = None, {}
-    for keep in keeps:
-        masks = {}
-        for n in masked:
-            shape = subject.plans[n].shape
+
+    def random_masks(keep: float) -> dict[str, np.ndarray]:
+        out = {}
+        for n, shape in masked.items():
             flat = np.zeros(int(np.prod(shape)), bool)
             flat[gen.permutation(flat.size)[:kept_count(keep, flat.size)]] = True
-            masks[n] = flat.reshape(shape)
-        spec = cfg.init_for(keep) if cfg.learned else cfg.init_for(None)
-        roles, tensors = ticket_tensors(subject, cfg.seed, spec, masks, stored, learned_multipliers(cfg, masks))
-        if graph is None:  # the weight-free graph is the same at every keep
-            graph = export_graph(subject.module, tensors, inputs.test_set.input_shape, inputs.preprocess)
-        meta = {"method": cfg.method, "dataset": cfg.dataset[-200:], "model": cfg.model[-200:],
-                "accuracy": 0.123456789, "test_examples": len(inputs.test_set),
-                "input_min": 0, "input_max": 255}
-        out[keep] = len(encode_v3(graph, seed=cfg.seed, init=spec, roles=roles, classes=inputs.test_set.classes,
-                                  masks=masks, stored=stored,
-                                  criterion=cfg.method if cfg.learned else crit.DEFAULT_CRITERION,
-                                  keep=keep, metadata=meta))
-    return out
+            out[n] = flat.reshape(shape)
+        return out
+
+    # The roles and the weight-free graph do not depend on the keep: build them once.
+    masks = random_masks(keeps[0])
+    roles, tensors = ticket_tensors(subject, cfg.seed, cfg.init_for(keeps[0] if cfg.learned else None), masks,
+                                    stored, learned_multipliers(cfg, masks))
+    graph = export_graph(subject.module, tensors, inputs.test_set.input_shape, inputs.preprocess)
+    meta = {"method": cfg.method, "dataset": cfg.dataset[-200:], "model": cfg.model[-200:],
+            "accuracy": 0.123456789, "test_examples": len(inputs.test_set), "input_min": 0, "input_max": 255}
+    criterion = cfg.method if cfg.learned else crit.DEFAULT_CRITERION
+    sizes = {}
+    for i, keep in enumerate(keeps):
+        masks = masks if i == 0 else random_masks(keep)
+        sizes[keep] = len(encode_v3(graph, seed=cfg.seed, init=cfg.init_for(keep if cfg.learned else None),
+                                    roles=roles, classes=inputs.test_set.classes, masks=masks, stored=stored,
+                                    criterion=criterion, keep=keep, metadata=meta))
+    return sizes
 
 
 def plan(budgets: Sequence[int], cfg: FindConfig, widths: Sequence[float] = DEFAULT_WIDTHS, **data) -> list[dict]:
@@ -121,9 +125,9 @@ def find_budget(budgets: Sequence[int], cfg: FindConfig, out: str | os.PathLike,
                 widths: Sequence[float] = DEFAULT_WIDTHS, data_dir: str | None = None, download: bool = False,
                 **run) -> dict:
     """Search (or resume searching) ``out`` for the most accurate ticket of at most each of
-    ``budgets`` bytes (``cfg.keeps`` is not used: the search picks the keeps). Candidate runs go to ``out/<model>-keep<keep>`` (shared by the budgets
-    they serve), the best ticket of each budget to ``out/best-<budget>.smask`` and the search
-    to ``out/budget.json``, which is returned."""
+    ``budgets`` bytes (``cfg.keeps`` is not used: the search picks the keeps). Candidate runs go
+    to ``out/<model>-keep<keep>`` (shared by the budgets they serve), the best ticket of each
+    budget to ``out/best-<budget>.smask`` and the search to ``out/budget.json``, which is returned."""
     from .find import find
     from .pack import fitting
     from .runs import load_run, ranked_rows
@@ -144,7 +148,7 @@ def find_budget(budgets: Sequence[int], cfg: FindConfig, out: str | os.PathLike,
         if not any(b in c["budgets"] for c in candidates):
             raise RunError(f"no width fits a ticket in {b:,} bytes, even at keep {KEEP_LADDER[-1]}; allow more "
                            f"bytes or give smaller --widths")
-    tickets: dict[str, list[tuple[int, bytes]]] = {}  # candidate -> (bytes limit, ticket) per budget
+    tickets: dict[str, bytes] = {}  # candidate run name -> its packed ticket
     for i, c in enumerate(candidates, 1):
         run_dir = out / run_name(c)
         log.info("candidate %d of %d: %s keep %g (predicted %s bytes) -> %s", i, len(candidates), c["model"],
