@@ -275,29 +275,15 @@ def plan(graph, weights: Mapping[str, np.ndarray], mode: str, min_weights: int |
     return Plan(chosen, scales, len(ternary), len(layers), note)
 
 
-def _external(name: str, arr: np.ndarray):
-    from onnx import TensorProto, helper
-
-    t = TensorProto()
-    t.name = name
-    t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
-    t.dims.extend(arr.shape)
-    t.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", "supermask-memory"), ("offset", "0"), ("length", str(arr.nbytes))):
-        entry = t.external_data.add()
-        entry.key, entry.value = key, value
-    return t
-
-
-def rewrite(model, weights: Mapping[str, np.ndarray], p: Plan, arrays: dict | None = None) -> dict[str, LowBitLayer]:
+def rewrite(model, weights: Mapping[str, np.ndarray], p: Plan) -> dict[str, LowBitLayer]:
     """Replace the layers of plan ``p`` in ``model`` (a ModelProto, changed in place) by
     ``MatMulNBits`` nodes; the weight initializers they replace are removed. Returns the
     rewritten layers by weight name.
 
-    The codes and scales become embedded initializers, or, when ``arrays`` (a dict) is
-    given, external ones whose arrays are put in ``arrays`` by name for
-    ``add_external_initializers``: onnxruntime then keeps only its own prepacked copy
-    beside them instead of also a copy of the graph's tensor."""
+    The codes and scales become initializers embedded in the graph, so onnxruntime owns
+    them: once its kernel has prepacked the codes it frees its copy of the graph's tensor,
+    and the session holds each layer once, in 4 bits (docs/performance.md). External
+    initializers would stay alive beside the prepacked copy, twice the bytes."""
     from onnx import helper, numpy_helper
 
     g = model.graph
@@ -308,11 +294,7 @@ def rewrite(model, weights: Mapping[str, np.ndarray], p: Plan, arrays: dict | No
 
     def codes(prefix: str, pk: Packed) -> tuple[str, str]:
         names = (prefix, prefix + "_scales")
-        if arrays is None:
-            new_inits.extend(numpy_helper.from_array(a, n) for a, n in zip((pk.codes, pk.scales), names))
-        else:
-            new_inits.extend(_external(n, a) for a, n in zip((pk.codes, pk.scales), names))
-            arrays.update(zip(names, (pk.codes, pk.scales)))
+        new_inits.extend(numpy_helper.from_array(a, n) for a, n in zip((pk.codes, pk.scales), names))
         return names
 
     def matmul(x: str, prefix: str, pk: Packed, bias: str | None, out: str, name: str):

@@ -312,7 +312,7 @@ def make_session(arch, weights: dict[str, np.ndarray], device: str = "auto", thr
 
 def graph_session(graph: bytes, weights: dict[str, np.ndarray], device: str = "auto", threads: int | None = None):
     """An onnxruntime session for the serialized ONNX ``graph`` whose external initializers are
-    exactly ``weights`` (name -> float32 array, or uint8 for 4-bit codes): (session, note, buffers).
+    exactly ``weights`` (name -> float32 array): (session, note, buffers).
 
     The arrays go to onnxruntime in memory (``add_external_initializers``): nothing is
     serialised or read from a file. The session reads the returned ``buffers`` in place: keep
@@ -328,9 +328,7 @@ def graph_session(graph: bytes, weights: dict[str, np.ndarray], device: str = "a
                                       f"(add_external_initializers); install onnxruntime 1.17 or newer")
     names = list(weights)
     # (np.asarray keeps 0-d arrays 0-d; np.ascontiguousarray would make them 1-d)
-    keep = [ort.OrtValue.ortvalue_from_numpy(np.asarray(weights[n], order="C",
-                                                        dtype=np.uint8 if _is_codes(weights[n]) else np.float32))
-            for n in names]
+    keep = [ort.OrtValue.ortvalue_from_numpy(np.asarray(weights[n], order="C", dtype=np.float32)) for n in names]
     so.add_external_initializers(names, keep)
     try:
         with warnings.catch_warnings():
@@ -394,15 +392,20 @@ def _lowbit_graph(ticket: Ticket, weights: dict, mode: str, device: str):
         why = lowbit.unsupported(ort, provider)
         if why:
             return None, weights, {}, f"float32 weights: {why}", p.linear
-    arrays: dict = {}
-    packed = lowbit.rewrite(model, weights, p, arrays)
+    packed = lowbit.rewrite(model, weights, p)
     rest = {k: v for k, v in weights.items() if k not in packed}
-    rest.update(arrays)
     return model.SerializeToString(), rest, packed, p.note, p.linear
 
 
-def _is_codes(a) -> bool:
-    return getattr(a, "dtype", None) == np.uint8
+def _release_graph_bytes(session) -> None:
+    """Let go of the serialized graph that onnxruntime's Python session keeps (to rebuild the
+    session if a run on another provider fails and falls back). A 4-bit graph embeds its codes,
+    which onnxruntime has already copied (and prepacked); keeping the bytes too would hold
+    every 4-bit layer twice. Without them the session cannot fall back by itself, so that is
+    turned off: a failing run raises instead."""
+    if isinstance(getattr(session, "_model_bytes", None), bytes):
+        session.disable_fallback()
+        session._model_bytes = None
 
 
 def load(source: Ticket | str | os.PathLike, device: str = "auto", *, threads: int | None = None,
@@ -439,6 +442,8 @@ def load(source: Ticket | str | os.PathLike, device: str = "auto", *, threads: i
             log.debug(weights_note)
     if graph is not None:
         session, note, buffers = graph_session(graph, tensors, device, threads)
+        del graph
+        _release_graph_bytes(session)
     elif ticket.graph is not None:
         session, note, buffers = graph_session(ticket.graph, tensors, device, threads)
     else:

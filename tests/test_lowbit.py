@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -87,8 +89,8 @@ def test_lenet_layers_split_to_at_most_4_5_bits_and_stay_exact(signed_tickets):
     fc1, fc2, fc3 = (q.lowbit[f"fc{i}.weight"] for i in (1, 2, 3))
     assert (fc1.split, fc2.split, fc3.split) == (768, 256, 0)
     assert fc1.bits_per_weight < 4.2 and fc2.bits_per_weight < 4.5 and fc3.bits_per_weight < 5.5
-    held, _ = q._buffers
-    assert held["fc1.weight.q4"].shape == (300, 3, 128) and held["fc1.weight.q4_tail"].shape == (300, 1, 8)
+    # 768 inputs as three blocks of 256 (128 code bytes and a scale each), the 16 left as one block of 16
+    assert (fc1.block_size, fc1.nbytes) == (256, 300 * (3 * (128 + 4) + (8 + 4)))
     x = np.random.default_rng(4).integers(0, 256, (300, 1, 28, 28)).astype(np.uint8)
     f = smr.load(signed_tickets["lenet-300-100"], device="cpu", weights="float")
     assert_logits_close(f.logits(x), q.logits(x))
@@ -145,16 +147,59 @@ def test_lowbit_predicts_what_float_predicts_on_all_of_fashion_mnist(signed_tick
     assert_logits_close(zf, zq)
 
 
-def test_session_holds_codes_not_float_weights(signed_tickets):
+def test_the_codes_live_only_in_onnxruntime(signed_tickets):
     q = smr.load(signed_tickets["conv2"], device="cpu", weights="lowbit")
     held, _ = q._buffers
+    # Python keeps the float32 tensors the session reads in place, nothing of the 4-bit layers:
+    # neither their float32 weights, nor codes, nor the serialized graph that embeds the codes.
     assert not {"fc1.weight", "fc2.weight", "fc3.weight"} & set(held)
-    assert held["fc1.weight.q4"].dtype == np.uint8 and held["conv1.weight"].dtype == np.float32
-    for name, layer in q.lowbit.items():
-        assert layer.nbytes == held[name + ".q4"].nbytes + held[name + ".q4_scales"].nbytes
+    assert {a.dtype for a in held.values()} == {np.dtype(np.float32)} and "conv1.weight" in held
+    assert getattr(q.session, "_model_bytes", None) is None
+    for layer in q.lowbit.values():
         assert layer.bits_per_weight <= 4.5  # K = 12544 and 256: whole 256-blocks, 4.125 bits
     f = smr.load(signed_tickets["conv2"], device="cpu", weights="float")
     assert f._buffers[0]["fc1.weight"].dtype == np.float32
+
+
+_RSS = """
+import ctypes, gc, sys
+import numpy as np
+import supermask.runtime as smr
+from supermask import read_ticket
+trim = ctypes.CDLL(None).malloc_trim
+def rss():
+    gc.collect(); trim(0)
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+t = read_ticket(sys.argv[1])
+smr.load(t, device="cpu", weights="lowbit", threads=1)  # imports, probe
+before = rss()
+m = smr.load(t, device="cpu", weights="lowbit", threads=1)
+m.logits(np.zeros((1, *m.input_shape), np.float32))
+print(rss() - before, sum(layer.k * layer.n for layer in m.lowbit.values()))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm and glibc's malloc_trim")
+def test_the_process_holds_a_4_bit_layer_in_about_4_bits_per_weight(tmp_path):
+    # 2048-2048-2048-10 at 4.125 bits per weight: 4.4 MB of codes (33.6 MB as float32). Held
+    # twice (codes beside onnxruntime's prepacked copy, or the session's copy of the graph
+    # bytes) the process would grow by 8.8 MB.
+    from supermask.arch import Architecture, Layer, Preprocess
+
+    dims, layers = (2048, 2048, 2048, 10), [Layer("flatten")]
+    for i in range(3):
+        layers.append(Layer("linear", f"fc{i + 1}", {"in": dims[i], "out": dims[i + 1], "bias": True}))
+        layers += [Layer("relu")] if i < 2 else []
+    arch = Architecture("mlp", (1, 32, 64), tuple(layers), tuple(f"c{i}" for i in range(10)),
+                        Preprocess(1 / 255, (0.0,), (1.0,)))
+    path = tmp_path / "mlp.smask"
+    write_ticket(path, arch, 3, SIGNED, masks=random_masks(arch, 0.5, 3), keep=0.5)
+    r = subprocess.run([sys.executable, "-c", _RSS, str(path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    grew, weights = map(int, r.stdout.split())
+    assert weights == 2048 * 2048 * 2 + 2048 * 10
+    # 4.5 bits per weight, plus 1.5 MB for the session itself (its arena, graph and kernels)
+    assert grew <= 4.5 * weights / 8 + 1.5e6, f"grew by {grew / 1e6:.1f} MB"
 
 
 def test_bernoulli_multipliers_stay_exact(tmp_path):
