@@ -3,7 +3,9 @@
     python benchmarks/bench_lowbit.py [--json out.json] [--quick] [--keep 0.5] [--threads N]
 
 For signed-constant tickets of lenet-300-100, conv2, conv4, conv6 and the 25 M-weight MLP
-(3072-4096-3072-10) with random masks at density ``keep``, it measures:
+(3072-4096-3072-10) with random masks at density ``keep``, and of ResNet-20 (packed from a
+one-step edge-popup run on random images, which needs torch; left out without it), it
+measures:
 
 * resident weight bytes after load: the bytes the session's weight tensors hold (float32
   tensors, 4-bit codes and their scales) and, as a check, the growth of the process's RSS
@@ -70,6 +72,21 @@ def make(folder: Path, arch, keep: float, seed: int = 0) -> Path:
     return path
 
 
+def resnet20(folder: Path, keep: float) -> Path:
+    """A ResNet-20 ticket (3x32x32 inputs) from a one-step edge-popup run on random images: its
+    graph (BatchNorm folded to float32 affine ops) and signed-constant weights are what a real
+    run packs; latency and memory do not depend on which weights are kept."""
+    import supermask
+
+    g = np.random.default_rng(0)
+    x, y = g.integers(0, 256, (128, 3, 32, 32)).astype(np.uint8), g.integers(0, 10, 128)
+    run = supermask.find("resnet20", (x, y), (x[:32], y[:32]), method="edge-popup", keep=keep, iterations=1,
+                         out=folder / "resnet20-run", progress=False, threads=1)
+    path = folder / "resnet20.smask"
+    run.pack(path)
+    return path
+
+
 def weight_bytes(model) -> tuple[int, int, int]:
     """(bytes the session's parameter tensors hold, linear weights in 4 bits, their bytes)."""
     t = model.ticket
@@ -94,6 +111,15 @@ def rss():
 import ctypes
 trim = getattr(ctypes.CDLL(None), 'malloc_trim', lambda n: 0)  # glibc: hand freed heap pages back
 
+if sys.argv[4] == "no-arena":  # onnxruntime's CPU arena off: what is left is the weights and the graph
+    from supermask.runtime import model as runtime_model
+    make = runtime_model._session_options
+    def options(ort, threads):
+        so = make(ort, threads)
+        so.enable_cpu_mem_arena = False
+        return so
+    runtime_model._session_options = options
+
 t = read_ticket(sys.argv[1])
 w = smr.load(t, device='cpu', weights=sys.argv[2], threads=int(sys.argv[3]))  # warm up: imports, probes
 del w
@@ -107,8 +133,9 @@ print(json.dumps({'rss_delta': rss() - before}))
 """
 
 
-def rss_delta(path: Path, form: str, threads: int) -> int:
-    out = subprocess.run([sys.executable, "-c", _RSS_CODE, str(path), form, str(threads)], check=True,
+def rss_delta(path: Path, form: str, threads: int, arena: bool = True) -> int:
+    out = subprocess.run([sys.executable, "-c", _RSS_CODE, str(path), form, str(threads),
+                          "arena" if arena else "no-arena"], check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["rss_delta"]
 
@@ -140,11 +167,15 @@ def model_rows(path: Path, threads: int, quick: bool) -> dict:
         if f == "lowbit":
             row["lowbit_linear_weights"] = n4
             row["lowbit_linear_bits"] = 8 * b4 / n4
-    big = n > 5_000_000
     for batch in (1, 256):
         x = g.integers(0, 256, (batch, *t.input_shape), dtype=np.uint8).astype(np.float32)
         fns = {f: (lambda m=m: m.session.run([m._output], {m._input: x})) for f, m in loaded.items()}
-        rounds = (40 if big else 300) if batch == 1 else (8 if big else 30)
+        fns["float"]()
+        once = time.perf_counter()
+        fns["float"]()
+        once = time.perf_counter() - once
+        # about 2 s (batch 1) or 8 s (batch 256) of runs per form, at least 5 and at most 300 or 30 rounds
+        rounds = max(5, min(300 if batch == 1 else 30, int((2.0 if batch == 1 else 8.0) / max(once, 1e-6))))
         if quick:
             rounds = max(5, rounds // 5)
         med = interleaved(fns, rounds)
@@ -158,6 +189,7 @@ def model_rows(path: Path, threads: int, quick: bool) -> dict:
     gc.collect()
     for f in ("float", "lowbit"):
         row[f"{f}_rss_delta"] = rss_delta(path, f, threads)
+    row["lowbit_rss_delta_no_arena"] = rss_delta(path, "lowbit", threads, arena=False)
     return row
 
 
@@ -297,10 +329,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         archs = [models.build(m, SHAPES[m], [f"c{i}" for i in range(10)]) for m in SHAPES] + [wide_mlp()]
+        names = [a.name for a in archs] + ["resnet20"]
         if args.models:
-            archs = [a for a in archs if a.name in args.models.split(",")]
+            names = [n for n in names if n in args.models.split(",")]
         if "models" not in skip:
-            res["models"] = [model_rows(make(folder, a, args.keep), args.threads, args.quick) for a in archs]
+            paths = [make(folder, a, args.keep) for a in archs if a.name in names]
+            if "resnet20" in names:
+                try:
+                    paths.append(resnet20(folder, args.keep))
+                except ImportError as e:
+                    print(f"resnet20 left out: packing it needs torch ({e})", file=sys.stderr)
+            res["models"] = [model_rows(p, args.threads, args.quick) for p in paths]
     if "layers" not in skip:
         res["layers"] = layer_rows(args.threads, args.quick)
     if "convs" not in skip:
@@ -311,14 +350,16 @@ def main() -> None:
     if "models" in res:
         print("Resident weights after load (bytes the session's parameter tensors hold; RSS growth over load "
               "plus one inference, each in a fresh interpreter):\n")
-        print("| model | weights | float32 weights | lowbit weights | ratio | linear layers in 4 bits "
-              "| bits/weight (those layers) | RSS growth float | RSS growth lowbit | RSS ratio |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| model | weights | float32 weights | lowbit weights | ratio | linear weights in 4 bits "
+              "| bits/weight (those layers) | RSS growth float | RSS growth lowbit | RSS ratio "
+              "| RSS growth lowbit, arena off |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in res["models"]:
             print(f"| {r['model']} | {r['num_weights']:,} | {r['float_weight_bytes']:,} | {r['lowbit_weight_bytes']:,} "
                   f"| {r['float_weight_bytes'] / r['lowbit_weight_bytes']:.1f}x | {r['lowbit_linear_weights']:,} "
                   f"| {r['lowbit_linear_bits']:.2f} | {r['float_rss_delta'] / 1e6:.1f} MB "
-                  f"| {r['lowbit_rss_delta'] / 1e6:.1f} MB | {r['float_rss_delta'] / max(1, r['lowbit_rss_delta']):.1f}x |")
+                  f"| {r['lowbit_rss_delta'] / 1e6:.1f} MB | {r['float_rss_delta'] / max(1, r['lowbit_rss_delta']):.1f}x "
+                  f"| {r['lowbit_rss_delta_no_arena'] / 1e6:.1f} MB |")
         print("\nLatency, median, the three forms run in turn in one process (ratio < 1: faster than float):\n")
         print("| model | batch | float | lowbit | lowbit / float | auto (layers in 4 bits) | auto / float "
               "| max abs logit diff | same predictions |")
