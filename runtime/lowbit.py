@@ -282,8 +282,10 @@ def rewrite(model, weights: Mapping[str, np.ndarray], p: Plan) -> dict[str, LowB
 
     The codes and scales become initializers embedded in the graph, so onnxruntime owns
     them: once its kernel has prepacked the codes it frees its copy of the graph's tensor,
-    and the session holds each layer once, in 4 bits (docs/performance.md). External
-    initializers would stay alive beside the prepacked copy, twice the bytes."""
+    and (with the serialized graph released after the session is made, as
+    :func:`supermask.runtime.load` does) the process holds each layer once, in 4 bits
+    (docs/performance.md). External initializers would stay alive beside the prepacked
+    copy, twice the bytes."""
     from onnx import helper, numpy_helper
 
     g = model.graph
