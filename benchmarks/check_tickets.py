@@ -52,6 +52,19 @@ def differing_predictions(zf: np.ndarray, zq: np.ndarray) -> tuple[int, int]:
     return int(rows.size), int(near.sum())
 
 
+def lowbit_check(path: Path, model, float_correct: int, images: np.ndarray, labels: np.ndarray) -> dict:
+    """The ticket at ``path`` loaded with 4-bit weights, against its float32 ``model``."""
+    q = runtime.load(path, device="cpu", weights="lowbit")
+    zf, zq = model.logits(images), q.logits(images)
+    differ, near = differing_predictions(zf, zq)
+    # for scale: the float32 path against itself, all 10,000 images in one run vs batches of 256
+    zb = np.concatenate([model.logits(images[a:a + 256]) for a in range(0, len(images), 256)])
+    # evaluate() for both paths: the same batches
+    return {"lowbit_correct": q.evaluate(images, labels).correct, "float_correct": float_correct,
+            "lowbit_differ": differ, "lowbit_differ_outside_tolerance": differ - near,
+            "float_batch_differ": differing_predictions(zf, zb)[0], "lowbit_summary": q.weights_summary}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+")
@@ -60,7 +73,7 @@ def main() -> int:
     ap.add_argument("--lowbit", action="store_true", help="also check 4-bit weights against float32")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    out, bad, checked = [], 0, 0
+    out, bad = [], 0
     with tempfile.TemporaryDirectory() as tmp:
         for run in run_dirs(args.runs):
             cfg, _info, results = load_run(run)
@@ -78,20 +91,10 @@ def main() -> int:
                 same = ev.correct == r["correct"]
                 row = {"run": run.name, "seed": cfg.seed, "criterion": r["criterion"], "init": r["init"],
                        "keep": r["keep"], "density": r["density"], "ticket_bytes": t.file_bytes,
-                       "find_accuracy": r["accuracy"], "onnxruntime_accuracy": ev.accuracy, "same": same}
+                       "find_accuracy": r["accuracy"], "onnxruntime_accuracy": ev.accuracy}
                 if args.lowbit and all(e.distribution == "signed_constant" for e in t.tensors if e.role == "masked"):
-                    q = runtime.load(path, device="cpu", weights="lowbit")
-                    zf, zq = model.logits(images), q.logits(images)
-                    differ, near = differing_predictions(zf, zq)
-                    # for scale: the float32 path against itself, all 10,000 images in one run vs batches of 256
-                    zb = np.concatenate([model.logits(images[a:a + 256]) for a in range(0, len(images), 256)])
-                    row["float_batch_differ"] = differing_predictions(zf, zb)[0]
-                    # evaluate() for both: the same batches (a near-tie can fall either way between batch sizes)
-                    row.update(lowbit_correct=q.evaluate(images, labels).correct, float_correct=ev.correct,
-                               lowbit_differ=differ, lowbit_differ_outside_tolerance=differ - near,
-                               lowbit_summary=q.weights_summary)
-                    same = same and row["lowbit_correct"] == ev.correct and differ == near
-                    checked += 1
+                    row.update(lowbit_check(path, model, ev.correct, images, labels))
+                    same = same and row["lowbit_correct"] == ev.correct and not row["lowbit_differ_outside_tolerance"]
                 row["same"] = same
                 bad += not same
                 out.append(row)
@@ -110,7 +113,7 @@ def main() -> int:
               f"{100 * o['find_accuracy']:.2f} | {100 * o['onnxruntime_accuracy']:.2f} | {cells}{'yes' if o['same'] else 'NO'} |")
     if args.lowbit:
         low = [o for o in out if "lowbit_correct" in o]
-        print(f"\n{checked} signed-constant tickets loaded with 4-bit weights too: the same correct count in "
+        print(f"\n{len(low)} signed-constant tickets loaded with 4-bit weights too: the same correct count in "
               f"{sum(o['lowbit_correct'] == o['float_correct'] for o in low)}; "
               f"{sum(o['lowbit_differ'] for o in low)} predictions differ from float32 in "
               f"{sum(o['lowbit_differ'] > 0 for o in low)} tickets, "
